@@ -1,0 +1,22 @@
+//! Skiff's configuration: the YAML model, loading with validation, and the
+//! immutable snapshots that the proxy swaps atomically while traffic flows.
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod load;
+pub mod model;
+mod validate;
+
+pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use model::Config;
+
+/// One applied configuration. Immutable: a new config is a new `Snapshot`,
+/// published whole, so a request never sees half of an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Increases by one with every applied config.
+    pub version: u64,
+    /// Where it came from: a file path, or `control:ADDR`.
+    pub source: String,
+    pub config: Config,
+}

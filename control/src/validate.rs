@@ -1,0 +1,1 @@
+//! Cross-field checks (placeholder).

@@ -1,0 +1,15 @@
+//! Skiff's request filters. Each concern is a tower `Layer` in its own module,
+//! with its config beside it; `stack` is the one place that orders them.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod headers;
+pub mod route;
+pub mod stack;
+pub mod telemetry;
+pub mod timeout;
+
+pub use body::Body;
+pub use error::{BoxError, ProxyError, Reason};

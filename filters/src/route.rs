@@ -1,0 +1,377 @@
+//! Route matching: the first route whose every condition holds wins.
+//!
+//! Conditions are compiled once per config (regexes built, names parsed) so a
+//! request only compares bytes.
+
+use http::header::{HOST, HeaderName};
+use http::{Method, Request};
+use regex::Regex;
+use skiff_control::model::{HeaderMatch, PathMatch, RouteMatch};
+
+/// A route's `match:` compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    host: Option<HostMatch>,
+    path: Option<PathMatcher>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+/// A `match:` that cannot be compiled (validation normally catches these first).
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error("invalid regex {0:?}: {1}")]
+    Regex(String, regex::Error),
+    #[error("invalid method {0:?}")]
+    Method(String),
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+}
+
+fn whole(re: &str) -> Result<Regex, MatchError> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| MatchError::Regex(re.to_owned(), e))
+}
+
+impl Matcher {
+    pub fn from_config(m: &RouteMatch) -> Result<Self, MatchError> {
+        let host = m.host.as_ref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
+                None => HostMatch::Exact(h),
+            }
+        });
+        let path = match &m.path {
+            None => None,
+            Some(PathMatch::Exact(p)) => Some(PathMatcher::Exact(p.clone())),
+            Some(PathMatch::Prefix(p)) => Some(PathMatcher::Prefix(p.clone())),
+            Some(PathMatch::Regex(r)) => Some(PathMatcher::Regex(whole(r)?)),
+        };
+        let method = m
+            .method
+            .as_ref()
+            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| MatchError::Method(s.clone())))
+            .transpose()?;
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (name, want) in &m.headers {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| MatchError::HeaderName(name.clone()))?;
+            let v = match want {
+                HeaderMatch::Exact(v) => ValueMatch::Exact(v.clone()),
+                HeaderMatch::Regex(r) => ValueMatch::Regex(whole(r)?),
+                HeaderMatch::Present(p) => ValueMatch::Present(*p),
+            };
+            headers.push((n, v));
+        }
+        Ok(Self {
+            host,
+            path,
+            method,
+            headers,
+        })
+    }
+
+    pub fn matches<B>(&self, req: &Request<B>) -> bool {
+        if let Some(m) = &self.method
+            && req.method() != m
+        {
+            return false;
+        }
+        if let Some(p) = &self.path {
+            let path = req.uri().path();
+            let ok = match p {
+                PathMatcher::Exact(e) => path == e,
+                PathMatcher::Prefix(pre) => path.starts_with(pre.as_str()),
+                PathMatcher::Regex(re) => re.is_match(path),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(h) = &self.host {
+            let Some(host) = request_host(req) else {
+                return false;
+            };
+            let ok = match h {
+                HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len()
+                        && host.as_bytes()[host.len() - s.len()..]
+                            .eq_ignore_ascii_case(s.as_bytes())
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, want)| {
+            let mut values = req.headers().get_all(name).iter();
+            match want {
+                ValueMatch::Present(p) => values.next().is_some() == *p,
+                ValueMatch::Exact(e) => values.any(|v| v.as_bytes() == e.as_bytes()),
+                ValueMatch::Regex(re) => values.any(|v| v.to_str().is_ok_and(|s| re.is_match(s))),
+            }
+        })
+    }
+}
+
+/// The request's authority without its port: `:authority` for HTTP/2 and
+/// absolute-form HTTP/1 requests, else the Host header.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(strip_port(authority))
+}
+
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return rest.split_once(']').map_or(authority, |(h, _)| h);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// A weighted choice among targets (`split:`); one target means no dice roll.
+#[derive(Debug, Clone)]
+pub struct Split<T> {
+    targets: Vec<(T, u32)>,
+    total: u32,
+}
+
+impl<T> Split<T> {
+    /// Targets with weight 0 are never chosen; at least one must be positive.
+    pub fn new(targets: Vec<(T, u32)>) -> Option<Self> {
+        let total = targets.iter().map(|(_, w)| *w).sum();
+        (total > 0).then_some(Self { targets, total })
+    }
+
+    pub fn pick(&self) -> &T {
+        if self.targets.len() == 1 {
+            return &self.targets[0].0;
+        }
+        let mut roll = fastrand::u32(..self.total);
+        for (t, w) in &self.targets {
+            if roll < *w {
+                return t;
+            }
+            roll -= w;
+        }
+        &self.targets[self.targets.len() - 1].0
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &T> {
+        self.targets.iter().map(|(t, _)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn matcher(
+        host: Option<&str>,
+        path: Option<PathMatch>,
+        method: Option<&str>,
+        headers: &[(&str, HeaderMatch)],
+    ) -> Matcher {
+        Matcher::from_config(&RouteMatch {
+            host: host.map(str::to_owned),
+            path,
+            method: method.map(str::to_owned),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn matching_table() {
+        use HeaderMatch as H;
+        use PathMatch as P;
+        let cases: Vec<(Matcher, Request<()>, bool)> = vec![
+            (matcher(None, None, None, &[]), req("GET", "/", &[]), true),
+            (
+                matcher(Some("api.local"), None, None, &[]),
+                req("GET", "/", &[("host", "api.local:8080")]),
+                true,
+            ),
+            (
+                matcher(Some("api.local"), None, None, &[]),
+                req("GET", "http://API.local/x", &[]),
+                true,
+            ),
+            (
+                matcher(Some("api.local"), None, None, &[]),
+                req("GET", "/", &[("host", "web.local")]),
+                false,
+            ),
+            (
+                matcher(Some("api.local"), None, None, &[]),
+                req("GET", "/", &[]),
+                false,
+            ),
+            (
+                matcher(Some("*.svc"), None, None, &[]),
+                req("GET", "/", &[("host", "a.b.svc")]),
+                true,
+            ),
+            (
+                matcher(Some("*.svc"), None, None, &[]),
+                req("GET", "/", &[("host", "svc")]),
+                false,
+            ),
+            (
+                matcher(Some("*.svc"), None, None, &[]),
+                req("GET", "/", &[("host", "asvc")]),
+                false,
+            ),
+            (
+                matcher(Some("::1"), None, None, &[]),
+                req("GET", "/", &[("host", "[::1]:80")]),
+                true,
+            ),
+            (
+                matcher(None, Some(P::Exact("/a".into())), None, &[]),
+                req("GET", "/a", &[]),
+                true,
+            ),
+            (
+                matcher(None, Some(P::Exact("/a".into())), None, &[]),
+                req("GET", "/a/b", &[]),
+                false,
+            ),
+            (
+                matcher(None, Some(P::Exact("/a".into())), None, &[]),
+                req("GET", "/a?q=1", &[]),
+                true,
+            ),
+            (
+                matcher(None, Some(P::Prefix("/api".into())), None, &[]),
+                req("GET", "/api/v1", &[]),
+                true,
+            ),
+            (
+                matcher(None, Some(P::Prefix("/api".into())), None, &[]),
+                req("GET", "/ap", &[]),
+                false,
+            ),
+            (
+                matcher(None, Some(P::Regex("/u/[0-9]+".into())), None, &[]),
+                req("GET", "/u/42", &[]),
+                true,
+            ),
+            (
+                matcher(None, Some(P::Regex("/u/[0-9]+".into())), None, &[]),
+                req("GET", "/u/42/x", &[]),
+                false,
+            ),
+            (
+                matcher(None, None, Some("POST"), &[]),
+                req("POST", "/", &[]),
+                true,
+            ),
+            (
+                matcher(None, None, Some("POST"), &[]),
+                req("GET", "/", &[]),
+                false,
+            ),
+            (
+                matcher(None, None, None, &[("x-canary", H::Exact("1".into()))]),
+                req("GET", "/", &[("x-canary", "1")]),
+                true,
+            ),
+            (
+                matcher(None, None, None, &[("x-canary", H::Exact("1".into()))]),
+                req("GET", "/", &[("x-canary", "2")]),
+                false,
+            ),
+            (
+                matcher(None, None, None, &[("x-user", H::Regex("a.*".into()))]),
+                req("GET", "/", &[("x-user", "alice")]),
+                true,
+            ),
+            (
+                matcher(None, None, None, &[("x-user", H::Regex("a.*".into()))]),
+                req("GET", "/", &[("x-user", "bob")]),
+                false,
+            ),
+            (
+                matcher(None, None, None, &[("x-debug", H::Present(true))]),
+                req("GET", "/", &[("x-debug", "")]),
+                true,
+            ),
+            (
+                matcher(None, None, None, &[("x-debug", H::Present(true))]),
+                req("GET", "/", &[]),
+                false,
+            ),
+            (
+                matcher(None, None, None, &[("x-debug", H::Present(false))]),
+                req("GET", "/", &[]),
+                true,
+            ),
+        ];
+        for (i, (m, r, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                m.matches(r),
+                *want,
+                "case {i}: {} {:?}",
+                r.uri(),
+                r.headers()
+            );
+        }
+    }
+
+    #[test]
+    fn split_follows_weights() {
+        let s = Split::new(vec![("a", 90), ("b", 10), ("never", 0)]).unwrap();
+        let mut a = 0;
+        for _ in 0..10_000 {
+            match *s.pick() {
+                "a" => a += 1,
+                "b" => {}
+                other => panic!("picked {other}"),
+            }
+        }
+        assert!((8_500..9_500).contains(&a), "a picked {a} times");
+        assert!(Split::<&str>::new(vec![("x", 0)]).is_none());
+    }
+}

@@ -1,0 +1,245 @@
+//! Request and connection metrics, with the names SPEC.md fixes.
+//!
+//! A request is recorded once, when its response body ends (or is dropped),
+//! so the duration covers the whole exchange and `grpc_status` can come from
+//! the trailers where gRPC puts it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::classify;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub code: u16,
+    pub grpc_status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: &'static str,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Arc<str>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5ms .. ~33s: a proxy's added latency and slow upstreams both resolve.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 17,
+    ))
+}
+
+/// The process's metric families.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    connections_active: Family<ListenerLabels, Gauge>,
+    connections_total: Family<ListenerLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("skiff");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations =
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let connections_active = Family::<ListenerLabels, Gauge>::default();
+        let connections_total = Family::<ListenerLabels, Counter>::default();
+        registry.register("requests", "Requests handled, by outcome", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response body",
+            durations.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Downstream connections open now",
+            connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Downstream connections accepted",
+            connections_total.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            durations,
+            connections_active,
+            connections_total,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a new connection; the guard keeps it in `connections_active` until dropped.
+    pub fn connection_opened(&self, listener: &Arc<str>) -> ConnectionGuard {
+        let labels = ListenerLabels {
+            listener: listener.clone(),
+        };
+        self.connections_total.get_or_create(&labels).inc();
+        let active = self.connections_active.get_or_create_owned(&labels);
+        active.inc();
+        ConnectionGuard(active)
+    }
+
+    fn record(&self, r: &Recorder) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: r.direction,
+                listener: r.listener.clone(),
+                route: r.route.clone(),
+                cluster: r.cluster.clone(),
+                code: r.code,
+                grpc_status: classify::grpc_status_label(r.grpc_status),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&DurationLabels {
+                direction: r.direction,
+                route: r.route.clone(),
+                cluster: r.cluster.clone(),
+            })
+            .observe(r.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Decrements `connections_active` when the connection ends.
+#[derive(Debug)]
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One request's labels and clock; records itself exactly once, when dropped.
+#[derive(Debug)]
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    pub direction: &'static str,
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub code: u16,
+    pub grpc_status: Option<u32>,
+    start: Instant,
+}
+
+impl Recorder {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        direction: &'static str,
+        listener: Arc<str>,
+        start: Instant,
+    ) -> Self {
+        Self {
+            metrics,
+            direction,
+            listener,
+            route: Arc::from(""),
+            cluster: Arc::from(""),
+            code: 0,
+            grpc_status: None,
+            start,
+        }
+    }
+
+    /// Notes the response head: its status, and `grpc-status` for trailers-only replies.
+    pub fn observe_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.code = status;
+        if let Some(s) = classify::grpc_status(headers) {
+            self.grpc_status = Some(s);
+        }
+    }
+
+    pub fn observe_trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(s) = classify::grpc_status(trailers) {
+            self.grpc_status = Some(s);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.metrics.record(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_with_labels() {
+        let m = Metrics::new();
+        let listener: Arc<str> = Arc::from("public");
+        {
+            let _c = m.connection_opened(&listener);
+            let text = m.encode();
+            assert!(
+                text.contains("skiff_connections_active{listener=\"public\"} 1"),
+                "{text}"
+            );
+        }
+        {
+            let mut r = Recorder::new(m.clone(), "outbound", listener.clone(), Instant::now());
+            r.route = Arc::from("app/0");
+            r.cluster = Arc::from("app");
+            let mut h = HeaderMap::new();
+            h.insert("grpc-status", "5".parse().unwrap());
+            r.observe_head(200, &HeaderMap::new());
+            r.observe_trailers(&h);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("skiff_connections_active{listener=\"public\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("skiff_connections_total{listener=\"public\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("skiff_requests_total{direction=\"outbound\",listener=\"public\",route=\"app/0\",cluster=\"app\",code=\"200\",grpc_status=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("skiff_request_duration_seconds_bucket{"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The admin server: readiness, liveness, metrics, config and cluster state.
+//!
+//! `/config` shows the whole effective config, so it answers only callers on
+//! loopback, even when the admin address is opened up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use skiff_filters::Body;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::app::Shared;
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let rsp = answer(&shared, peer, &req);
+                async move { Ok::<_, std::convert::Infallible>(rsp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if shared.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => {
+            let mut rsp = Response::new(Body::full(shared.metrics.encode()));
+            rsp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            rsp
+        }
+        "/config" if !peer.ip().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "/config answers loopback callers only\n",
+        ),
+        "/config" => {
+            let runtime = shared.runtime.load();
+            let s = &runtime.snapshot;
+            json_rsp(&json!({"version": s.version, "source": s.source, "config": s.config}))
+        }
+        "/clusters" => {
+            let runtime = shared.runtime.load();
+            let clusters: Vec<_> = runtime
+                .clusters
+                .iter()
+                .map(|c| {
+                    let endpoints: Vec<_> = c
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "address": e.address,
+                                "weight": e.weight,
+                                "healthy": true,
+                                "ejected": false,
+                                "in_flight": e.in_flight(),
+                                "ewma_ms": 0.0,
+                            })
+                        })
+                        .collect();
+                    json!({"name": &*c.name, "endpoints": endpoints})
+                })
+                .collect();
+            json_rsp(&json!({ "clusters": clusters }))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /ready /live /metrics /config /clusters\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+fn json_rsp(v: &serde_json::Value) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(v.to_string()));
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}

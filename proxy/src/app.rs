@@ -1,0 +1,181 @@
+//! Builds a running proxy from a config: binds every listener and the admin
+//! server, and returns their addresses so tests can bind port 0 and run the
+//! real proxy in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use skiff_control::model::ListenerProtocol;
+use skiff_control::{Config, Snapshot};
+use skiff_filters::telemetry::Metrics;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::listener::{self, Serve};
+use crate::runtime::{CompileError, Runtime};
+use crate::server::{Handler, ListenerCtx};
+use crate::shutdown::Signal;
+use crate::{admin, protocol};
+
+/// State every connection and the admin server share.
+pub struct Shared {
+    /// The current compiled config; swapped whole when a new one is applied.
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    /// `/ready`: set once every listener is bound, cleared when draining.
+    pub ready: AtomicBool,
+}
+
+/// Why a config could not be turned into a running proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{what}: cannot bind {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// A running proxy: its bound addresses and its shutdown handle.
+pub struct Bound {
+    admin: SocketAddr,
+    listeners: Vec<(String, SocketAddr)>,
+    shared: Arc<Shared>,
+    signal: Signal,
+    drain_timeout: Duration,
+    admin_task: JoinHandle<()>,
+}
+
+impl Bound {
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
+    /// listeners close, open connections are asked to finish.
+    pub fn drain(&self) {
+        self.shared.ready.store(false, Ordering::Release);
+        self.signal.drain();
+    }
+
+    /// Resolves once a drain has started and every connection has finished,
+    /// or the drain timeout has passed.
+    pub async fn wait_termination(self) -> Result<(), BuildError> {
+        let timeout = self.drain_timeout;
+        if tokio::time::timeout(timeout, self.signal.drained())
+            .await
+            .is_err()
+        {
+            warn!(?timeout, "drain timeout passed with connections still open");
+        } else {
+            info!("drained");
+        }
+        self.admin_task.abort();
+        Ok(())
+    }
+}
+
+/// Builds from a config with no file behind it (tests, the demo).
+pub async fn build(config: Config) -> Result<Bound, BuildError> {
+    build_from(Snapshot {
+        version: 1,
+        source: "in-process".to_owned(),
+        config,
+    })
+    .await
+}
+
+/// Binds every listener and the admin server and serves them on the current runtime.
+pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
+    let snapshot = Arc::new(snapshot);
+    let config = &snapshot.config;
+    let drain_timeout = config.runtime.drain_timeout.get();
+    let admin_address = config.admin.address.clone();
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        sockets.push(bind(&format!("listener {}", l.name), &l.address).await?);
+    }
+    let admin_socket = bind("admin", &admin_address).await?;
+
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(Runtime::compile(snapshot.clone())?),
+        metrics: Metrics::new(),
+        ready: AtomicBool::new(false),
+    });
+    let signal = Signal::new();
+    let mut listeners = Vec::with_capacity(sockets.len());
+    for (l, socket) in config.listeners.iter().zip(sockets) {
+        let addr = local_addr(&socket, &l.address)?;
+        let name: Arc<str> = Arc::from(l.name.as_str());
+        let serve = match l.protocol {
+            ListenerProtocol::Tcp => Serve::Tcp {
+                cluster: l.cluster.clone().unwrap_or_default(),
+                shared: shared.clone(),
+            },
+            p => Serve::Http {
+                builder: Arc::new(protocol::builder(p, l.header_timeout.get())),
+                handler: Handler {
+                    shared: shared.clone(),
+                    listener: Arc::new(ListenerCtx {
+                        name: name.clone(),
+                        direction: l.direction,
+                        routes: l.routes.clone().unwrap_or_default(),
+                    }),
+                },
+            },
+        };
+        info!(listener = %l.name, %addr, protocol = %l.protocol, "listening");
+        tokio::spawn(listener::run(
+            socket,
+            name,
+            serve,
+            shared.metrics.clone(),
+            signal.watch(),
+        ));
+        listeners.push((l.name.clone(), addr));
+    }
+    let admin = local_addr(&admin_socket, &admin_address)?;
+    info!(%admin, "admin listening");
+    let admin_task = tokio::spawn(admin::run(admin_socket, shared.clone()));
+    shared.ready.store(true, Ordering::Release);
+    Ok(Bound {
+        admin,
+        listeners,
+        shared,
+        signal,
+        drain_timeout,
+        admin_task,
+    })
+}
+
+async fn bind(what: &str, addr: &str) -> Result<TcpListener, BuildError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BuildError::Bind {
+            what: what.to_owned(),
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn local_addr(socket: &TcpListener, addr: &str) -> Result<SocketAddr, BuildError> {
+    socket.local_addr().map_err(|source| BuildError::Bind {
+        what: "local address".to_owned(),
+        addr: addr.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,16 @@
+//! Skiff's runtime: listeners, protocol handling, upstream pools and admin,
+//! around the filters in `skiff-filters`. `app::build` runs the real proxy
+//! in-process so that tests drive exactly what `skiff run` runs.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod demo;
+pub mod listener;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;
+
+pub use app::{Bound, BuildError, build, build_from};

@@ -1,0 +1,185 @@
+//! The `skiff` binary: parse arguments, load the config, build, wait for a
+//! signal, drain. Everything else lives in the library so tests run it in-process.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use skiff_control::Snapshot;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff, a sidecar proxy for service meshes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a YAML config.
+    Run {
+        /// The config file.
+        #[arg(short, long, env = "SKIFF_CONFIG")]
+        config: PathBuf,
+        /// A tracing filter: error, warn, info, debug, trace, or `skiff=debug,...`.
+        #[arg(long, default_value = "info", env = "SKIFF_LOG")]
+        log_level: String,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a config without running it.
+    Check {
+        #[arg(short, long, env = "SKIFF_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start demo backends and a proxy in front of them.
+    Demo {
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            log_level,
+            log_format,
+        } => {
+            init_logs(&log_level, log_format);
+            run(&config)
+        }
+        Command::Demo { log_level } => {
+            init_logs(&log_level, LogFormat::Text);
+            demo()
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match skiff_control::load_file(path) {
+        Ok(c) => {
+            let routes: usize = c.routes.values().map(Vec::len).sum();
+            println!(
+                "{}: valid: {} listener(s), {} route table(s) with {} route(s), {} cluster(s)",
+                path.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                routes,
+                c.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match skiff_control::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("skiff: not starting: {} has errors", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshot = Snapshot {
+        version: 1,
+        source: path.display().to_string(),
+        config,
+    };
+    let result = runtime(snapshot.config.runtime.workers).and_then(|rt| {
+        rt.block_on(async move {
+            info!(
+                source = %snapshot.source,
+                config = %serde_json::to_string(&snapshot.config).unwrap_or_default(),
+                "effective config"
+            );
+            let bound = skiff::build_from(snapshot).await?;
+            info!("ready");
+            shutdown_signal().await;
+            info!("draining");
+            bound.drain();
+            bound.wait_termination().await?;
+            Ok(())
+        })
+    });
+    exit(result)
+}
+
+fn demo() -> ExitCode {
+    exit(runtime(2).and_then(|rt| rt.block_on(skiff::demo::run(shutdown_signal()))))
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()?)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logs(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,161 @@
+//! A config snapshot compiled for the data path: route tables with their
+//! filter stacks built, clusters with their connection pools.
+//!
+//! The proxy holds the current `Runtime` in an `ArcSwap`; applying a config is
+//! building a new one and swapping it in. Requests in flight keep the one they
+//! started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Request;
+use skiff_control::Snapshot;
+use skiff_filters::route::{MatchError, Matcher, Split};
+use skiff_filters::stack::{RouteService, route_stack};
+
+use crate::upstream::{Cluster, ClusterService};
+
+/// The compiled form of one config snapshot.
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    tables: HashMap<String, Vec<Route>>,
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// One route of a table, ready to serve.
+pub struct Route {
+    /// `TABLE/NAME` or `TABLE/INDEX`: the metrics label.
+    pub label: Arc<str>,
+    matcher: Matcher,
+    split: Split<Target>,
+}
+
+/// A cluster behind a route, with the route's filters in front of it.
+pub struct Target {
+    pub cluster: Arc<str>,
+    pub service: RouteService,
+}
+
+/// Why a validated config still could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("routes.{table}[{index}].match: {source}")]
+    Match {
+        table: String,
+        index: usize,
+        source: MatchError,
+    },
+    #[error("routes.{table}[{index}].headers: {source}")]
+    Header {
+        table: String,
+        index: usize,
+        source: skiff_filters::headers::InvalidHeader,
+    },
+    #[error("routes.{table}[{index}]: unknown cluster {cluster:?}")]
+    UnknownCluster {
+        table: String,
+        index: usize,
+        cluster: String,
+    },
+    #[error("routes.{table}[{index}]: needs `cluster` or a `split` with a positive weight")]
+    NoTarget { table: String, index: usize },
+}
+
+impl Runtime {
+    pub fn compile(snapshot: Arc<Snapshot>) -> Result<Self, CompileError> {
+        let config = &snapshot.config;
+        let clusters: HashMap<&str, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|(name, c)| (name.as_str(), Arc::new(Cluster::from_config(name, c))))
+            .collect();
+        let mut tables = HashMap::with_capacity(config.routes.len());
+        for (table, routes) in &config.routes {
+            let compiled = routes
+                .iter()
+                .enumerate()
+                .map(|(index, r)| compile_route(table, index, r, &clusters))
+                .collect::<Result<_, _>>()?;
+            tables.insert(table.clone(), compiled);
+        }
+        let mut clusters: Vec<_> = clusters.into_values().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self {
+            snapshot,
+            tables,
+            clusters,
+        })
+    }
+
+    /// The first route of `table` that matches, and the cluster it picks.
+    pub fn route<B>(&self, table: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
+        let route = self
+            .tables
+            .get(table)?
+            .iter()
+            .find(|r| r.matcher.matches(req))?;
+        Some((route, route.split.pick()))
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+}
+
+fn compile_route(
+    table: &str,
+    index: usize,
+    r: &skiff_control::model::Route,
+    clusters: &HashMap<&str, Arc<Cluster>>,
+) -> Result<Route, CompileError> {
+    let matcher = Matcher::from_config(&r.matches).map_err(|source| CompileError::Match {
+        table: table.to_owned(),
+        index,
+        source,
+    })?;
+    let wanted: Vec<(&str, u32)> = match (&r.cluster, &r.split) {
+        (Some(c), _) => vec![(c.as_str(), 1)],
+        (None, Some(split)) => split
+            .iter()
+            .map(|w| (w.cluster.as_str(), w.weight))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let mut targets = Vec::with_capacity(wanted.len());
+    for (name, weight) in wanted {
+        let cluster = clusters
+            .get(name)
+            .ok_or_else(|| CompileError::UnknownCluster {
+                table: table.to_owned(),
+                index,
+                cluster: name.to_owned(),
+            })?;
+        let service = route_stack(r, ClusterService(cluster.clone())).map_err(|source| {
+            CompileError::Header {
+                table: table.to_owned(),
+                index,
+                source,
+            }
+        })?;
+        targets.push((
+            Target {
+                cluster: cluster.name.clone(),
+                service,
+            },
+            weight,
+        ));
+    }
+    let split = Split::new(targets).ok_or_else(|| CompileError::NoTarget {
+        table: table.to_owned(),
+        index,
+    })?;
+    let label = match &r.name {
+        Some(name) => format!("{table}/{name}"),
+        None => format!("{table}/{index}"),
+    };
+    Ok(Route {
+        label: Arc::from(label),
+        matcher,
+        split,
+    })
+}

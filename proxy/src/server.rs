@@ -1,0 +1,138 @@
+//! One downstream HTTP connection: hyper serves it, and every request goes
+//! through `Handler::handle`: route, the route's filter stack, the upstream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use skiff_control::model::Direction;
+use skiff_filters::error::{self, Reason};
+use skiff_filters::telemetry::Recorder;
+use skiff_filters::{Body, classify, headers};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use tracing::debug;
+
+use crate::app::Shared;
+use crate::shutdown::Watch;
+
+/// What a request needs to know about the listener it arrived on.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    pub direction: Direction,
+    /// The route table serving this listener.
+    pub routes: String,
+}
+
+/// Serves requests of one listener; cloned per connection (two `Arc`s).
+#[derive(Clone)]
+pub struct Handler {
+    pub shared: Arc<Shared>,
+    pub listener: Arc<ListenerCtx>,
+}
+
+impl Handler {
+    pub async fn handle(self, mut req: Request<Incoming>) -> Response<Body> {
+        let mut rec = Recorder::new(
+            self.shared.metrics.clone(),
+            self.listener.direction.as_str(),
+            self.listener.name.clone(),
+            Instant::now(),
+        );
+        let grpc = classify::is_grpc(req.headers());
+        let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+        headers::strip_hop_by_hop(req.headers_mut(), upgrading);
+        headers::ensure_request_id(req.headers_mut());
+
+        let service = {
+            let runtime = self.shared.runtime.load();
+            match runtime.route(&self.listener.routes, &req) {
+                Some((route, target)) => {
+                    rec.route = route.label.clone();
+                    rec.cluster = target.cluster.clone();
+                    target.service.clone()
+                }
+                None => {
+                    let msg = format!("no route for {} {}", req.method(), req.uri().path());
+                    return finish(error::reply(Reason::NoRoute, &msg, grpc), rec);
+                }
+            }
+        };
+
+        let mut rsp = match service.oneshot(req.map(Body::Incoming)).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                debug!(listener = %self.listener.name, route = %rec.route, error = %e, "request failed");
+                error::respond(&*e, grpc)
+            }
+        };
+        if let Some(downstream) = downstream_upgrade
+            && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(tunnel(downstream, upstream));
+        }
+        finish(rsp, rec)
+    }
+}
+
+/// Attaches the telemetry record to the response: streamed bodies record at
+/// their end, bodies Skiff made record now.
+fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
+    rec.observe_head(rsp.status().as_u16(), rsp.headers());
+    rsp.map(|body| match body {
+        Body::Incoming(b) => Body::Recorded(b, rec),
+        other => other,
+    })
+}
+
+/// Relays bytes both ways once both sides agreed to switch protocols.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+/// Serves one accepted connection until it closes, shutting it down
+/// gracefully (GOAWAY / `Connection: close`) when the drain starts.
+pub async fn serve_connection(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: Handler,
+    mut drain: Watch,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| {
+        let h = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return log_end(res),
+        _ = drain.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    log_end(conn.await);
+}
+
+fn log_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = res {
+        debug!(error = %e, "downstream connection ended with an error");
+    }
+}
