@@ -146,6 +146,13 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The label of a request that never reached a route or cluster; shared so
+/// that making a `Recorder` allocates nothing.
+fn empty() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
 /// One request's labels and clock; records itself exactly once, when dropped.
 #[derive(Debug)]
 pub struct Recorder {
@@ -170,8 +177,8 @@ impl Recorder {
             metrics,
             direction,
             listener,
-            route: Arc::from(""),
-            cluster: Arc::from(""),
+            route: empty(),
+            cluster: empty(),
             code: 0,
             grpc_status: None,
             start,

@@ -1,0 +1,140 @@
+//! The `skiff` binary as an operator runs it: `check` output and exit codes,
+//! `run` serving until SIGTERM and then exiting 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn skiff() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+}
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    for file in [
+        "demo/skiff.yaml",
+        "configs/minimal.yaml",
+        "configs/routing.yaml",
+        "configs/tcp.yaml",
+    ] {
+        let out = skiff()
+            .args(["check", "-c", &format!("{root}/{file}")])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(stdout.contains("valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_reports_every_problem_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "bad.yaml",
+        "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n    routes: nope\nroutes:\n  app:\n    - cluster: missing\nclusters:\n  app:\n    endpoints: [127.0.0.1:9000]\n",
+    );
+    let out = skiff().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let file = path.display().to_string();
+    assert!(lines[0].starts_with(&format!("{file}:4:")), "{}", lines[0]);
+    assert!(lines[0].contains("nope"), "{}", lines[0]);
+    assert!(lines[1].starts_with(&format!("{file}:7:")), "{}", lines[1]);
+    assert!(lines[1].contains("missing"), "{}", lines[1]);
+}
+
+#[test]
+fn check_falls_back_to_skiff_config_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let out = skiff()
+        .arg("check")
+        .env("SKIFF_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "bad.yaml", "listeners: [ { name: x } ]\n");
+    let out = skiff().args(["run", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:1:"), "{stderr}");
+}
+
+const MINIMAL: &str = "admin: { address: 127.0.0.1:0 }\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    routes: app\nroutes:\n  app:\n    - cluster: app\nclusters:\n  app:\n    endpoints: [127.0.0.1:9]\n";
+
+/// `skiff run` logs where the admin server listens; readiness comes from there.
+#[test]
+fn run_serves_until_sigterm_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let mut child = skiff()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut admin = None;
+    let mut line = String::new();
+    while admin.is_none() {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "skiff exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(a) = v["fields"]["admin"].as_str() {
+            admin = Some(a.to_owned());
+        }
+    }
+    let admin = admin.unwrap();
+    assert!(get(&admin, "/ready").starts_with("HTTP/1.1 200"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("drain"), "{rest}");
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
