@@ -57,11 +57,11 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 3_600_000 == 0 && ms > 0 {
+        if ms.is_multiple_of(3_600_000) && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -88,7 +88,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (text, ms) in [("250ms", 250), ("2s", 2000), ("1m", 60_000), ("1h", 3_600_000), ("0s", 0)] {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("2s", 2000),
+            ("1m", 60_000),
+            ("1h", 3_600_000),
+            ("0s", 0),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.0.as_millis(), ms, "{text}");
             assert_eq!(d.to_string(), text);

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+mod env;
 pub mod load;
+mod locate;
 pub mod model;
 mod validate;
 

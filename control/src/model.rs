@@ -558,7 +558,9 @@ impl<'de> Deserialize<'de> for Endpoint {
             Full(Full),
         }
         match Either::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("an endpoint is `host:port` or `{ address: host:port, weight: N }`")
+            serde::de::Error::custom(
+                "an endpoint is `host:port` or `{ address: host:port, weight: N }`",
+            )
         })? {
             Either::Plain(address) => Ok(Endpoint { address, weight: 1 }),
             Either::Full(f) => Ok(Endpoint {
