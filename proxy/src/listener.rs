@@ -49,6 +49,8 @@ pub async fn run(
             _ = drain.draining() => break,
         };
         debug!(listener = %name, %peer, "accepted");
+        // Small writes (headers, gRPC frames) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
         let guard = metrics.connection_opened(&name);
         let watch = drain.clone();
         match &serve {

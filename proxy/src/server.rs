@@ -14,7 +14,6 @@ use skiff_control::model::Direction;
 use skiff_filters::error::{self, Reason};
 use skiff_filters::telemetry::Recorder;
 use skiff_filters::{Body, classify, headers};
-use tokio::net::TcpStream;
 use tower::ServiceExt;
 use tracing::debug;
 
@@ -111,18 +110,19 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
 
 /// Serves one accepted connection until it closes, shutting it down
 /// gracefully (GOAWAY / `Connection: close`) when the drain starts.
-pub async fn serve_connection(
-    stream: TcpStream,
+pub async fn serve_connection<I>(
+    io: I,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handler: Handler,
     mut drain: Watch,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = service_fn(move |req| {
         let h = handler.clone();
         async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => return log_end(res),

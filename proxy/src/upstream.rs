@@ -30,6 +30,13 @@ use skiff_filters::{Body, headers};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+/// A byte stream to an endpoint: plain TCP, or TLS over it when the cluster
+/// originates mTLS. Boxed once per connection, never per request.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+
 /// Idle HTTP/1 connections kept per endpoint at most; more are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -128,7 +135,13 @@ impl Cluster {
         Ok(rsp)
     }
 
-    async fn connect(&self, ep: &Endpoint) -> Result<TcpStream, ProxyError> {
+    /// Opens a connection to `ep` ready for HTTP: TCP, then TLS if configured.
+    async fn connect(&self, ep: &Endpoint) -> Result<BoxIo, ProxyError> {
+        let tcp = self.connect_tcp(ep).await?;
+        Ok(Box::new(tcp))
+    }
+
+    async fn connect_tcp(&self, ep: &Endpoint) -> Result<TcpStream, ProxyError> {
         let fail = |why: String| {
             ProxyError::new(
                 Reason::ConnectFailed,
@@ -373,7 +386,7 @@ pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), P
             format!("cluster {} has no endpoints", cluster.name),
         )
     })?;
-    let stream = cluster.connect(ep).await?;
+    let stream = cluster.connect_tcp(ep).await?;
     let peer = stream
         .peer_addr()
         .map_err(|e| ProxyError::new(Reason::ConnectFailed, "peer address").with_source(e))?;
