@@ -110,6 +110,9 @@ pub struct ProxyError {
     reason: Reason,
     detail: Cow<'static, str>,
     source: Option<BoxError>,
+    /// The endpoint (index in its cluster) that failed, so retries can avoid
+    /// it and outlier detection can count it.
+    endpoint: Option<usize>,
 }
 
 impl ProxyError {
@@ -118,7 +121,17 @@ impl ProxyError {
             reason,
             detail: detail.into(),
             source: None,
+            endpoint: None,
         }
+    }
+
+    pub fn at_endpoint(mut self, endpoint: usize) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    pub fn endpoint(&self) -> Option<usize> {
+        self.endpoint
     }
 
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -162,6 +175,18 @@ pub fn reason_of(err: &(dyn StdError + 'static)) -> Reason {
         cur = e.source();
     }
     Reason::UpstreamReset
+}
+
+/// The first `ProxyError` in the cause chain, if any.
+pub fn proxy_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a ProxyError> {
+    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(p) = e.downcast_ref::<ProxyError>() {
+            return Some(p);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Renders a failure as the answer SPEC.md prescribes.

@@ -39,6 +39,36 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteClusterLabels {
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub listener: Arc<str>,
+    /// `ok`, or why the handshake failed (`no_client_cert`, `bad_cert`, `error`, ...).
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConfigUpdateLabels {
+    pub source: &'static str,
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 0.5ms .. ~33s: a proxy's added latency and slow upstreams both resolve.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -53,6 +83,12 @@ pub struct Metrics {
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections_total: Family<ListenerLabels, Counter>,
+    retries: Family<RouteClusterLabels, Counter>,
+    breaker_rejections: Family<ClusterLabels, Counter>,
+    ejections: Family<ClusterLabels, Counter>,
+    rate_limited: Family<RouteLabels, Counter>,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    config_updates: Family<ConfigUpdateLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,12 +123,50 @@ impl Metrics {
             "Downstream connections accepted",
             connections_total.clone(),
         );
+        let retries = Family::default();
+        let breaker_rejections = Family::default();
+        let ejections = Family::default();
+        let rate_limited = Family::default();
+        let tls_handshakes = Family::default();
+        let config_updates = Family::default();
+        registry.register("retries", "Retries sent", retries.clone());
+        registry.register(
+            "circuit_breaker_rejections",
+            "Requests refused by a circuit breaker threshold",
+            breaker_rejections.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a route's rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Inbound TLS handshakes by outcome",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Configs received, applied or rejected",
+            config_updates.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
             durations,
             connections_active,
             connections_total,
+            retries,
+            breaker_rejections,
+            ejections,
+            rate_limited,
+            tls_handshakes,
+            config_updates,
         })
     }
 
@@ -113,6 +187,47 @@ impl Metrics {
         let active = self.connections_active.get_or_create_owned(&labels);
         active.inc();
         ConnectionGuard(active)
+    }
+
+    /// The counter for retries on `route` to `cluster`; resolve once, increment per retry.
+    pub fn retries(&self, route: &Arc<str>, cluster: &Arc<str>) -> Counter {
+        self.retries.get_or_create_owned(&RouteClusterLabels {
+            route: route.clone(),
+            cluster: cluster.clone(),
+        })
+    }
+
+    pub fn breaker_rejections(&self, cluster: &Arc<str>) -> Counter {
+        self.breaker_rejections.get_or_create_owned(&ClusterLabels {
+            cluster: cluster.clone(),
+        })
+    }
+
+    pub fn ejections(&self, cluster: &Arc<str>) -> Counter {
+        self.ejections.get_or_create_owned(&ClusterLabels {
+            cluster: cluster.clone(),
+        })
+    }
+
+    pub fn rate_limited(&self, route: &Arc<str>) -> Counter {
+        self.rate_limited.get_or_create_owned(&RouteLabels {
+            route: route.clone(),
+        })
+    }
+
+    pub fn tls_handshake(&self, listener: &Arc<str>, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                listener: listener.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn config_update(&self, source: &'static str, result: &'static str) {
+        self.config_updates
+            .get_or_create(&ConfigUpdateLabels { source, result })
+            .inc();
     }
 
     fn record(&self, r: &Recorder) {

@@ -111,9 +111,10 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     }
     let admin_socket = bind("admin", &admin_address).await?;
 
+    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
-        runtime: ArcSwap::from_pointee(Runtime::compile(snapshot.clone())?),
-        metrics: Metrics::new(),
+        runtime: ArcSwap::from_pointee(Runtime::compile(snapshot.clone(), &metrics)?),
+        metrics,
         ready: AtomicBool::new(false),
     });
     let signal = Signal::new();

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use http::Request;
 use skiff_control::Snapshot;
 use skiff_filters::route::{MatchError, Matcher, Split};
-use skiff_filters::stack::{RouteService, route_stack};
+use skiff_filters::stack::{ClusterPolicy, RouteContext, RouteService, route_stack};
+use skiff_filters::telemetry::Metrics;
 
 use crate::upstream::{Cluster, ClusterService};
 
@@ -62,19 +63,30 @@ pub enum CompileError {
 }
 
 impl Runtime {
-    pub fn compile(snapshot: Arc<Snapshot>) -> Result<Self, CompileError> {
+    pub fn compile(snapshot: Arc<Snapshot>, metrics: &Arc<Metrics>) -> Result<Self, CompileError> {
         let config = &snapshot.config;
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .clusters
             .iter()
             .map(|(name, c)| (name.as_str(), Arc::new(Cluster::from_config(name, c))))
             .collect();
+        let policies: HashMap<&str, ClusterPolicy> = clusters
+            .iter()
+            .map(|(name, c)| {
+                (
+                    *name,
+                    ClusterPolicy {
+                        name: c.name.clone(),
+                    },
+                )
+            })
+            .collect();
         let mut tables = HashMap::with_capacity(config.routes.len());
         for (table, routes) in &config.routes {
             let compiled = routes
                 .iter()
                 .enumerate()
-                .map(|(index, r)| compile_route(table, index, r, &clusters))
+                .map(|(index, r)| compile_route(table, index, r, &clusters, &policies, metrics))
                 .collect::<Result<_, _>>()?;
             tables.insert(table.clone(), compiled);
         }
@@ -107,7 +119,17 @@ fn compile_route(
     index: usize,
     r: &skiff_control::model::Route,
     clusters: &HashMap<&str, Arc<Cluster>>,
+    policies: &HashMap<&str, ClusterPolicy>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Route, CompileError> {
+    let label: Arc<str> = match &r.name {
+        Some(name) => Arc::from(format!("{table}/{name}")),
+        None => Arc::from(format!("{table}/{index}")),
+    };
+    let ctx = RouteContext {
+        label: label.clone(),
+        metrics: metrics.clone(),
+    };
     let matcher = Matcher::from_config(&r.matches).map_err(|source| CompileError::Match {
         table: table.to_owned(),
         index,
@@ -123,20 +145,21 @@ fn compile_route(
     };
     let mut targets = Vec::with_capacity(wanted.len());
     for (name, weight) in wanted {
-        let cluster = clusters
-            .get(name)
-            .ok_or_else(|| CompileError::UnknownCluster {
-                table: table.to_owned(),
-                index,
-                cluster: name.to_owned(),
+        let unknown = || CompileError::UnknownCluster {
+            table: table.to_owned(),
+            index,
+            cluster: name.to_owned(),
+        };
+        let cluster = clusters.get(name).ok_or_else(unknown)?;
+        let policy = policies.get(name).ok_or_else(unknown)?;
+        let service =
+            route_stack(r, &ctx, policy, ClusterService(cluster.clone())).map_err(|source| {
+                CompileError::Header {
+                    table: table.to_owned(),
+                    index,
+                    source,
+                }
             })?;
-        let service = route_stack(r, ClusterService(cluster.clone())).map_err(|source| {
-            CompileError::Header {
-                table: table.to_owned(),
-                index,
-                source,
-            }
-        })?;
         targets.push((
             Target {
                 cluster: cluster.name.clone(),
@@ -149,12 +172,8 @@ fn compile_route(
         table: table.to_owned(),
         index,
     })?;
-    let label = match &r.name {
-        Some(name) => format!("{table}/{name}"),
-        None => format!("{table}/{index}"),
-    };
     Ok(Route {
-        label: Arc::from(label),
+        label,
         matcher,
         split,
     })
