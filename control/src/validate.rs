@@ -14,7 +14,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use crate::load::Problem;
 use crate::locate::Index;
 use crate::model::{
-    Cluster, Config, HeaderMatch, HeaderOps, LbPolicy, Listener, ListenerProtocol, PathMatch, Route,
+    AllowRule, Cluster, Config, HeaderMatch, HeaderOps, LbPolicy, Listener, ListenerProtocol,
+    PathMatch, Route, TlsMode,
 };
 
 /// Every problem of `config`, positioned through `index` (1-based line and
@@ -26,6 +27,7 @@ pub(crate) fn validate(config: &Config, index: &Index) -> Vec<Problem> {
     };
     c.admin_and_runtime(config);
     c.refused_top_level(config);
+    c.mtls(config);
     c.listeners(config);
     for (table, routes) in &config.routes {
         c.route_table(config, table, routes);
@@ -81,12 +83,6 @@ impl Checker<'_> {
     }
 
     fn refused_top_level(&mut self, config: &Config) {
-        if config.identity.is_some() {
-            self.not_supported("identity");
-        }
-        if !config.authorization.is_empty() {
-            self.not_supported("authorization");
-        }
         if config.telemetry.is_some() {
             self.not_supported("telemetry");
         }
@@ -130,9 +126,6 @@ impl Checker<'_> {
                     }
                 }
                 Ok(_) => {}
-            }
-            if l.tls.is_some() {
-                self.not_supported(&format!("{at}.tls"));
             }
             if l.transparent {
                 self.at_key(&format!("{at}.transparent"), "true is not supported yet");
@@ -285,15 +278,7 @@ impl Checker<'_> {
         self.header_ops(&format!("{at}.headers.request"), &r.headers.request);
         self.header_ops(&format!("{at}.headers.response"), &r.headers.response);
 
-        if r.retry.is_some() {
-            self.not_supported(&format!("{at}.retry"));
-        }
-        if r.rate_limit.is_some() {
-            self.not_supported(&format!("{at}.rate_limit"));
-        }
-        if r.fault.is_some() {
-            self.not_supported(&format!("{at}.fault"));
-        }
+        self.route_policies(at, r);
     }
 
     fn header_ops(&mut self, at: &str, ops: &HeaderOps) {
@@ -350,32 +335,426 @@ impl Checker<'_> {
             );
         }
 
-        let refused: [(&str, bool); 8] = [
+        let refused: [(&str, bool); 2] = [
             ("discovery", c.discovery.is_some()),
             ("dns", c.dns.is_some()),
-            ("hash_on", c.hash_on.is_some()),
-            ("tls", c.tls.is_some()),
-            ("circuit_breaker", c.circuit_breaker.is_some()),
-            ("outlier_detection", c.outlier_detection.is_some()),
-            ("health_check", c.health_check.is_some()),
-            ("retry_budget", c.retry_budget.is_some()),
         ];
         for (key, present) in refused {
             if present {
                 self.not_supported(&format!("{at}.{key}"));
             }
         }
-        if let Some(lb) = c.lb
-            && lb != LbPolicy::RoundRobin
-        {
-            self.at_value(
-                &format!("{at}.lb"),
-                format!(
-                    "{:?} not supported yet; round_robin is the only balancer for now",
-                    lb_name(lb)
-                ),
-            );
+        self.balancing(&at, c);
+        self.outlier_and_health(&at, c);
+        self.breaker_and_budget(&at, c);
+    }
+}
+
+// === filter chain: retries, rate limits, faults, breakers, budgets ===
+
+/// `retry.on` conditions besides gRPC status names; kept in step with
+/// `skiff_filters::classify::RetryOn` (a filters test loads every name).
+const RETRY_CONDITIONS: [&str; 5] = [
+    "connect-failure",
+    "reset",
+    "5xx",
+    "gateway-error",
+    "retriable-4xx",
+];
+
+/// gRPC status names in `retry.on` (kebab-case canonical names, `ok` aside).
+const GRPC_STATUS_NAMES: [&str; 16] = [
+    "cancelled",
+    "unknown",
+    "invalid-argument",
+    "deadline-exceeded",
+    "not-found",
+    "already-exists",
+    "permission-denied",
+    "resource-exhausted",
+    "failed-precondition",
+    "aborted",
+    "out-of-range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data-loss",
+    "unauthenticated",
+];
+
+/// More retries than this multiply load more than any outage is worth.
+const MAX_RETRY_ATTEMPTS: u32 = 10;
+
+fn is_retry_condition(s: &str) -> bool {
+    RETRY_CONDITIONS.contains(&s)
+        || GRPC_STATUS_NAMES.contains(&s)
+        || (s.len() == 3 && s.parse::<u16>().is_ok_and(|n| (100..=599).contains(&n)))
+}
+
+fn is_percent(p: f64) -> bool {
+    p.is_finite() && (0.0..=100.0).contains(&p)
+}
+
+impl Checker<'_> {
+    fn route_policies(&mut self, at: &str, r: &Route) {
+        if let Some(retry) = &r.retry {
+            let rat = format!("{at}.retry");
+            if retry.attempts > MAX_RETRY_ATTEMPTS {
+                self.at_value(
+                    &format!("{rat}.attempts"),
+                    format!(
+                        "{}: at most {MAX_RETRY_ATTEMPTS} retries after the first try",
+                        retry.attempts
+                    ),
+                );
+            }
+            if retry.on.is_empty() {
+                self.at_key(
+                    &rat,
+                    "a retry needs `on: [...]`, the conditions to retry on (e.g. [5xx, reset])",
+                );
+            }
+            for (i, cond) in retry.on.iter().enumerate() {
+                if !is_retry_condition(cond) {
+                    self.at_value(
+                        &format!("{rat}.on[{i}]"),
+                        format!(
+                            "unknown retry condition {cond:?}: expected {}, an HTTP status like \"503\", or a gRPC status name like unavailable",
+                            RETRY_CONDITIONS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if retry.per_try_timeout.is_some_and(|d| d.0.is_zero()) {
+                self.at_value(
+                    &format!("{rat}.per_try_timeout"),
+                    "timeout 0s: a timeout is above zero",
+                );
+            }
+            if let Some(b) = &retry.backoff {
+                if b.base.0.is_zero() {
+                    self.at_value(
+                        &format!("{rat}.backoff.base"),
+                        "0s: a backoff base is above zero",
+                    );
+                }
+                if b.max < b.base {
+                    self.at_value(
+                        &format!("{rat}.backoff.max"),
+                        format!("{} is below base {}: max is at least base", b.max, b.base),
+                    );
+                }
+            }
         }
+        if let Some(rl) = &r.rate_limit {
+            let lat = format!("{at}.rate_limit");
+            if rl.requests_per_second == 0 {
+                self.at_value(
+                    &format!("{lat}.requests_per_second"),
+                    "0: at least 1 request per second",
+                );
+            }
+            if rl.burst == Some(0) {
+                self.at_value(&format!("{lat}.burst"), "0: a burst is at least 1 request");
+            }
+        }
+        if let Some(f) = &r.fault {
+            let fat = format!("{at}.fault");
+            if f.delay.is_none() && f.abort.is_none() {
+                self.at_key(&fat, "a fault needs `delay: {...}` or `abort: {...}`");
+            }
+            if let Some(d) = &f.delay {
+                if d.duration.0.is_zero() {
+                    self.at_value(
+                        &format!("{fat}.delay.duration"),
+                        "0s: a delay is above zero",
+                    );
+                }
+                if !is_percent(d.percent) {
+                    self.at_value(
+                        &format!("{fat}.delay.percent"),
+                        format!("{}: a percentage from 0 to 100", d.percent),
+                    );
+                }
+            }
+            if let Some(a) = &f.abort {
+                if !(200..=599).contains(&a.status) {
+                    self.at_value(
+                        &format!("{fat}.abort.status"),
+                        format!("{}: an HTTP status from 200 to 599", a.status),
+                    );
+                }
+                if !is_percent(a.percent) {
+                    self.at_value(
+                        &format!("{fat}.abort.percent"),
+                        format!("{}: a percentage from 0 to 100", a.percent),
+                    );
+                }
+                if let Some(g) = a.grpc_status
+                    && g > 16
+                {
+                    self.at_value(
+                        &format!("{fat}.abort.grpc_status"),
+                        format!("{g}: a gRPC status code from 0 to 16"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn breaker_and_budget(&mut self, at: &str, c: &Cluster) {
+        if let Some(cb) = &c.circuit_breaker {
+            let bat = format!("{at}.circuit_breaker");
+            for (key, n) in [
+                ("max_connections", cb.max_connections),
+                ("max_pending_requests", cb.max_pending_requests),
+                ("max_requests", cb.max_requests),
+            ] {
+                if n == Some(0) {
+                    self.at_value(
+                        &format!("{bat}.{key}"),
+                        "0: at least 1 (0 would refuse every request)",
+                    );
+                }
+            }
+        }
+        if let Some(b) = &c.retry_budget {
+            let bat = format!("{at}.retry_budget");
+            if !(b.ratio.is_finite() && (0.0..=1000.0).contains(&b.ratio)) {
+                self.at_value(
+                    &format!("{bat}.ratio"),
+                    format!(
+                        "{}: a ratio of retries to requests from 0 to 1000 (0.2 = 20%)",
+                        b.ratio
+                    ),
+                );
+            }
+            if let Some(n) = b.min_per_second
+                && n >= i32::MAX as u32
+            {
+                self.at_value(
+                    &format!("{bat}.min_per_second"),
+                    format!("{n}: below {}", i32::MAX),
+                );
+            }
+        }
+    }
+}
+
+impl Checker<'_> {
+    fn balancing(&mut self, at: &str, c: &Cluster) {
+        match (c.lb, &c.hash_on) {
+            (Some(LbPolicy::RingHash), None) => self.at_value(
+                &format!("{at}.lb"),
+                "ring_hash needs `hash_on: { header: NAME }` to know what to hash",
+            ),
+            (lb, Some(h)) => {
+                if lb != Some(LbPolicy::RingHash) {
+                    self.at_key(
+                        &format!("{at}.hash_on"),
+                        "hash_on applies to `lb: ring_hash` only",
+                    );
+                }
+                if !is_token(&h.header) {
+                    self.at_value(
+                        &format!("{at}.hash_on.header"),
+                        format!("{:?} is not a valid header name", h.header),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn outlier_and_health(&mut self, at: &str, c: &Cluster) {
+        if let Some(o) = &c.outlier_detection {
+            let oat = format!("{at}.outlier_detection");
+            if o.consecutive_failures == Some(0) {
+                self.at_value(
+                    &format!("{oat}.consecutive_failures"),
+                    "0: at least 1 failure",
+                );
+            }
+            if o.base_ejection_time.is_some_and(|d| d.0.is_zero()) {
+                self.at_value(
+                    &format!("{oat}.base_ejection_time"),
+                    "0s: a time above zero",
+                );
+            }
+            if let Some(p) = o.max_ejection_percent
+                && p > 100
+            {
+                self.at_value(
+                    &format!("{oat}.max_ejection_percent"),
+                    format!("{p}: 0 to 100"),
+                );
+            }
+        }
+        if let Some(h) = &c.health_check {
+            let hat = format!("{at}.health_check");
+            if let Some(path) = &h.path
+                && !path.starts_with('/')
+            {
+                self.at_value(
+                    &format!("{hat}.path"),
+                    format!("{path:?}: a path starts with /"),
+                );
+            }
+            for (key, d) in [("interval", h.interval), ("timeout", h.timeout)] {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    self.at_value(&format!("{hat}.{key}"), "0s: a time above zero");
+                }
+            }
+            for (key, n) in [
+                ("unhealthy_threshold", h.unhealthy_threshold),
+                ("healthy_threshold", h.healthy_threshold),
+            ] {
+                if n == Some(0) {
+                    self.at_value(&format!("{hat}.{key}"), "0: at least 1");
+                }
+            }
+        }
+    }
+}
+
+// === mTLS and authorization ===
+
+impl Checker<'_> {
+    /// `identity`, `listeners[].tls`, `clusters.X.tls` and `authorization`:
+    /// any use of TLS needs an identity, and identities named anywhere must
+    /// be well-formed SPIFFE IDs (a typo would otherwise refuse every peer).
+    fn mtls(&mut self, config: &Config) {
+        if let Some(id) = &config.identity {
+            for (key, value) in [
+                ("cert", &id.cert),
+                ("key", &id.key),
+                ("trust_bundle", &id.trust_bundle),
+            ] {
+                if value.trim().is_empty() {
+                    self.at_value(&format!("identity.{key}"), "needs the path of a PEM file");
+                }
+            }
+        }
+        let needs_identity =
+            "needs `identity:` (cert, key, trust_bundle), the certificate this workload presents";
+        for (i, l) in config.listeners.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            if let Some(tls) = &l.tls
+                && tls.mode != TlsMode::Disabled
+                && config.identity.is_none()
+            {
+                self.at_key(
+                    &format!("{at}.tls"),
+                    format!("mode {} {needs_identity}", tls_mode_name(tls.mode)),
+                );
+            }
+            if l.protocol == ListenerProtocol::Tcp
+                && let Some(name) = &l.cluster
+                && config.clusters.get(name).is_some_and(|c| c.tls.is_some())
+            {
+                self.at_value(
+                    &format!("{at}.cluster"),
+                    format!(
+                        "cluster {name:?} originates mTLS (`tls`), which tcp listeners do not support yet"
+                    ),
+                );
+            }
+        }
+        for (name, c) in &config.clusters {
+            let Some(tls) = &c.tls else { continue };
+            let at = format!("clusters.{name}.tls");
+            if config.identity.is_none() {
+                self.at_key(&at, needs_identity);
+            }
+            if let Err(why) = spiffe_id(&tls.server_identity) {
+                self.at_value(&format!("{at}.server_identity"), why);
+            }
+        }
+        for (i, rule) in config.authorization.iter().enumerate() {
+            self.allow_rule(&format!("authorization[{i}].allow"), &rule.allow);
+        }
+    }
+
+    fn allow_rule(&mut self, at: &str, allow: &AllowRule) {
+        for (j, id) in allow.identities.iter().enumerate() {
+            let base = id.strip_suffix("/*").unwrap_or(id);
+            if id != "*" && spiffe_id(base).is_err() {
+                self.at_value(
+                    &format!("{at}.identities[{j}]"),
+                    format!(
+                        "{id:?} is not an identity pattern: a SPIFFE ID (spiffe://trust-domain/path), `spiffe://trust-domain/prefix/*`, or `*` for any mTLS caller"
+                    ),
+                );
+            }
+        }
+        for (j, p) in allow.paths.iter().enumerate() {
+            let body = p.strip_suffix("/*").unwrap_or(p);
+            let ok = p == "*"
+                || (p.starts_with('/')
+                    && !body.contains('*')
+                    && p.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'));
+            if !ok {
+                self.at_value(
+                    &format!("{at}.paths[{j}]"),
+                    format!(
+                        "{p:?} is not a path pattern: an exact path (/api/users), a prefix (/api/*), or `*`"
+                    ),
+                );
+            }
+        }
+        for (j, m) in allow.methods.iter().enumerate() {
+            if !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {
+                self.at_value(
+                    &format!("{at}.methods[{j}]"),
+                    format!("{m:?} is not an HTTP method (upper case, like GET or POST)"),
+                );
+            }
+        }
+    }
+}
+
+/// A SPIFFE ID: `spiffe://` + a trust domain of lowercase letters, digits,
+/// `.`, `-` and `_`, then optionally a path of non-empty segments of
+/// letters, digits, `.`, `-` and `_`, none of them `.` or `..`.
+fn spiffe_id(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{s:?} is not a SPIFFE ID: {why}"));
+    let Some(rest) = s.strip_prefix("spiffe://") else {
+        return bad("it starts with spiffe://, like spiffe://cluster.local/ns/default/sa/web");
+    };
+    let (domain, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(d, p)| (d, Some(p)));
+    if domain.is_empty()
+        || !domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return bad("the trust domain is lowercase letters, digits, `.`, `-` and `_`");
+    }
+    let path_ok = path.is_none_or(|p| {
+        p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        })
+    });
+    if !path_ok {
+        return bad(
+            "the path is non-empty segments of letters, digits, `.`, `-` and `_`, without a trailing /",
+        );
+    }
+    Ok(())
+}
+
+fn tls_mode_name(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Disabled => "disabled",
+        TlsMode::Permissive => "permissive",
+        TlsMode::Strict => "strict",
     }
 }
 
@@ -458,15 +837,6 @@ fn is_token(s: &str) -> bool {
 /// A header value we are willing to write: visible ASCII, spaces and tabs.
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
-fn lb_name(lb: LbPolicy) -> &'static str {
-    match lb {
-        LbPolicy::Ewma => "ewma",
-        LbPolicy::LeastRequest => "least_request",
-        LbPolicy::RoundRobin => "round_robin",
-        LbPolicy::RingHash => "ring_hash",
-    }
 }
 
 /// `known: a, b` for an unknown-reference message.

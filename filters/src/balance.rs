@@ -1,9 +1,34 @@
-//! Load balancing over a cluster's endpoints (issue "Filter chain").
+//! Load balancing over a cluster's endpoints.
 //!
-//! The markers below are how the retry layer and the upstream talk about
-//! endpoints without knowing each other: the upstream stamps every response
-//! with `ServedBy`, and every failure with `ProxyError::at_endpoint`; the
-//! retry layer asks the next attempt to `Avoid` the endpoint that failed.
+//! Four policies (SPEC.md `lb:`):
+//! - `ewma` (default): peak-EWMA latency with power of two choices, as
+//!   linkerd2-proxy and Finagle do. Each endpoint's cost is its decaying
+//!   latency estimate × (in-flight + 1) ÷ weight; failures count as slow
+//!   responses, so a failing endpoint loses traffic before it is ejected.
+//! - `least_request`: power of two choices on in-flight ÷ weight (Envoy's).
+//! - `round_robin`: smooth weighted round robin (nginx's), no bursts.
+//! - `ring_hash`: a consistent hash ring keyed on a request header; an
+//!   endpoint joining or leaving moves only the keys next to its points.
+//!
+//! Ejected (outlier detection) and unhealthy (health checks) endpoints are
+//! skipped; if nothing is left the request fails with `no-healthy-endpoints`.
+//!
+//! The markers `ServedBy` and `Avoid` are how the retry layer and the
+//! upstream talk about endpoints without knowing each other: the upstream
+//! stamps every response with `ServedBy`, and every failure with
+//! `ProxyError::at_endpoint`; the retry layer asks the next attempt to `Avoid`
+//! the endpoint that failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderName;
+use http::Request;
+use skiff_control::model::{self, LbPolicy};
+use tokio::time::Instant;
+
+use crate::outlier::OutlierState;
 
 /// Response extension: the index (in its cluster) of the endpoint that answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,3 +37,440 @@ pub struct ServedBy(pub usize);
 /// Request extension: don't pick this endpoint if another one is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avoid(pub usize);
+
+/// How fast a latency estimate forgets (linkerd2-proxy's default).
+const DECAY: Duration = Duration::from_secs(10);
+/// The estimate of an endpoint never heard from: optimistic, so new
+/// endpoints get tried, but not zero, so in-flight still counts.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// What a failure counts as in the latency estimate.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// Points on the hash ring per unit of weight.
+const RING_POINTS: u32 = 160;
+
+/// The live signals of one endpoint, shared by the balancer, outlier
+/// detection, health checks and `/clusters`. Kept across config swaps for
+/// endpoints that stay, so a reload does not forget who is slow or ejected.
+#[derive(Debug)]
+pub struct EndpointStats {
+    pub address: String,
+    in_flight: AtomicU64,
+    /// Peak-EWMA estimate in nanoseconds (f64 bits); 0 = no sample yet.
+    ewma_ns: AtomicU64,
+    /// When the estimate was last updated, in ns since `born`.
+    updated_ns: AtomicU64,
+    born: Instant,
+    /// Health-check verdict; true until a check says otherwise.
+    healthy: AtomicBool,
+    pub outlier: OutlierState,
+}
+
+impl EndpointStats {
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            in_flight: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0),
+            updated_ns: AtomicU64::new(0),
+            born: Instant::now(),
+            healthy: AtomicBool::new(true),
+            outlier: OutlierState::default(),
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether the balancer may pick this endpoint now.
+    pub fn available(&self, now: Instant) -> bool {
+        self.healthy() && !self.outlier.is_ejected(now)
+    }
+
+    fn since_born(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.born).as_nanos() as u64
+    }
+
+    /// The latency estimate, decayed for the time since its last sample so
+    /// that an endpoint that was slow once and then left alone is tried again.
+    pub fn ewma(&self, now: Instant) -> Duration {
+        let raw = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        if raw == 0.0 {
+            return DEFAULT_RTT;
+        }
+        let idle = self
+            .since_born(now)
+            .saturating_sub(self.updated_ns.load(Ordering::Relaxed));
+        let decayed = raw * (-(idle as f64) / DECAY.as_nanos() as f64).exp();
+        Duration::from_nanos(decayed as u64)
+    }
+
+    /// Folds in a response time. Peak-sensitive: a sample above the estimate
+    /// replaces it at once, one below it is averaged in with a weight that
+    /// grows with the time since the last sample.
+    pub fn observe(&self, rtt: Duration, failed: bool, now: Instant) {
+        let rtt = if failed {
+            rtt.max(FAILURE_PENALTY)
+        } else {
+            rtt
+        };
+        let sample = rtt.as_nanos() as f64;
+        let at = self.since_born(now);
+        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let last = self.updated_ns.swap(at, Ordering::Relaxed);
+        let next = if prev == 0.0 || sample > prev {
+            sample
+        } else {
+            let w = (-(at.saturating_sub(last) as f64) / DECAY.as_nanos() as f64).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        // Racing updates may lose a sample; the estimate is a heuristic and
+        // a lock here would cost every response.
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Decrements an endpoint's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// No endpoint can take the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoneAvailable;
+
+#[derive(Debug)]
+enum Policy {
+    Ewma,
+    LeastRequest,
+    RoundRobin {
+        schedule: Vec<usize>,
+        next: AtomicUsize,
+    },
+    RingHash {
+        header: HeaderName,
+        ring: Vec<(u64, usize)>,
+    },
+}
+
+/// Picks endpoints for one cluster.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: Policy,
+    endpoints: Vec<Arc<EndpointStats>>,
+    weights: Vec<u32>,
+}
+
+impl Balancer {
+    /// `endpoints[i]` has weight `weights[i]`. `ring_hash` without a
+    /// `hash_on` header (validation refuses that) hashes nothing: random.
+    pub fn new(c: &model::Cluster, endpoints: Vec<Arc<EndpointStats>>) -> Self {
+        let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        let policy = match c.lb.unwrap_or(LbPolicy::Ewma) {
+            LbPolicy::Ewma => Policy::Ewma,
+            LbPolicy::LeastRequest => Policy::LeastRequest,
+            LbPolicy::RoundRobin => Policy::RoundRobin {
+                schedule: smooth_schedule(&weights),
+                next: AtomicUsize::new(0),
+            },
+            LbPolicy::RingHash => match c
+                .hash_on
+                .as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.header.as_bytes()).ok())
+            {
+                Some(header) => Policy::RingHash {
+                    header,
+                    ring: build_ring(&endpoints, &weights),
+                },
+                None => Policy::LeastRequest,
+            },
+        };
+        Self {
+            policy,
+            endpoints,
+            weights,
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Arc<EndpointStats>] {
+        &self.endpoints
+    }
+
+    /// Chooses an endpoint for `req`, avoiding the one named by its `Avoid`
+    /// extension when any other is available.
+    pub fn pick<B>(&self, req: &Request<B>, now: Instant) -> Result<usize, NoneAvailable> {
+        let avoid = req.extensions().get::<Avoid>().map(|a| a.0);
+        let usable = |i: usize| self.endpoints[i].available(now);
+        if let Some(a) = avoid
+            && let Some(i) = self.pick_where(req, now, |i| i != a && usable(i))
+        {
+            return Ok(i);
+        }
+        self.pick_where(req, now, usable).ok_or(NoneAvailable)
+    }
+
+    fn pick_where<B>(
+        &self,
+        req: &Request<B>,
+        now: Instant,
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = self.endpoints.len();
+        match &self.policy {
+            Policy::Ewma => self.p2c(&ok, |i| {
+                let e = &self.endpoints[i];
+                e.ewma(now).as_nanos() as f64 * (e.in_flight() + 1) as f64
+            }),
+            Policy::LeastRequest => self.p2c(&ok, |i| self.endpoints[i].in_flight() as f64),
+            Policy::RoundRobin { schedule, next } => {
+                let len = schedule.len();
+                (0..len)
+                    .map(|_| schedule[next.fetch_add(1, Ordering::Relaxed) % len])
+                    .find(|&i| ok(i))
+            }
+            Policy::RingHash { header, ring } => match req.headers().get(header) {
+                Some(v) if !ring.is_empty() => {
+                    let h = xxhash_rust::xxh3::xxh3_64(v.as_bytes());
+                    let start = ring.partition_point(|(p, _)| *p < h);
+                    (0..ring.len())
+                        .map(|k| ring[(start + k) % ring.len()].1)
+                        .find(|&i| ok(i))
+                }
+                // No key: any endpoint will do.
+                _ => self.p2c(&ok, |i| self.endpoints[i].in_flight() as f64),
+            },
+        }
+        .filter(|&i| i < n)
+    }
+
+    /// Power of two choices: two distinct random candidates, the cheaper
+    /// (cost ÷ weight) wins. Falls back to scanning when candidates are
+    /// unusable, which only happens with ejections or unhealthy endpoints.
+    fn p2c(&self, ok: &impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64) -> Option<usize> {
+        let n = self.endpoints.len();
+        let weighted = |i: usize| cost(i) / f64::from(self.weights.get(i).copied().unwrap_or(1));
+        let better = |a: usize, b: usize| if weighted(b) < weighted(a) { b } else { a };
+        match n {
+            0 => return None,
+            1 => return ok(0).then_some(0),
+            _ => {}
+        }
+        let a = fastrand::usize(..n);
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        match (ok(a), ok(b)) {
+            (true, true) => return Some(better(a, b)),
+            (true, false) | (false, true) if n == 2 => return Some(if ok(a) { a } else { b }),
+            _ => {}
+        }
+        let usable: Vec<usize> = (0..n).filter(|&i| ok(i)).collect();
+        match usable.len() {
+            0 => None,
+            1 => Some(usable[0]),
+            m => {
+                let a = fastrand::usize(..m);
+                let b = (a + 1 + fastrand::usize(..m - 1)) % m;
+                Some(better(usable[a], usable[b]))
+            }
+        }
+    }
+}
+
+/// Smooth weighted round robin (as nginx): each turn add every weight to its
+/// counter, take the largest, subtract the total from it. Weight 3:1 gives
+/// a,a,b,a rather than a run of three.
+pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total.max(0) as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(weights) {
+            *c += i64::from(*w);
+        }
+        let Some(best) = (0..current.len()).max_by_key(|&i| (current[i], -(i as i64))) else {
+            break;
+        };
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
+}
+
+/// Points hashed from the endpoint's address, so they do not depend on the
+/// other endpoints: that is what keeps the ring consistent.
+fn build_ring(endpoints: &[Arc<EndpointStats>], weights: &[u32]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::new();
+    for (i, (e, w)) in endpoints.iter().zip(weights).enumerate() {
+        for v in 0..RING_POINTS * w {
+            let key = format!("{}-{v}", e.address);
+            ring.push((xxhash_rust::xxh3::xxh3_64(key.as_bytes()), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_control::model::{Cluster, Endpoint, HashOn};
+
+    fn cluster(lb: LbPolicy, addrs: &[(&str, u32)]) -> (Cluster, Vec<Arc<EndpointStats>>) {
+        let yaml = "endpoints: [127.0.0.1:1]\n";
+        let mut c: Cluster = serde_saphyr::from_str(yaml).unwrap();
+        c.lb = Some(lb);
+        c.hash_on = Some(HashOn {
+            header: "x-user".into(),
+        });
+        c.endpoints = addrs
+            .iter()
+            .map(|(a, w)| Endpoint {
+                address: a.to_string(),
+                weight: *w,
+            })
+            .collect();
+        let stats = addrs
+            .iter()
+            .map(|(a, _)| Arc::new(EndpointStats::new(a.to_string())))
+            .collect();
+        (c, stats)
+    }
+
+    fn req(user: Option<&str>) -> Request<()> {
+        let mut b = Request::builder();
+        if let Some(u) = user {
+            b = b.header("x-user", u);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn smooth_weights() {
+        assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[1, 1, 1]), vec![0, 1, 2]);
+        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_skips_ejected_and_avoided() {
+        let (c, stats) = cluster(LbPolicy::RoundRobin, &[("a:1", 1), ("b:1", 1), ("c:1", 1)]);
+        let b = Balancer::new(&c, stats.clone());
+        let now = Instant::now();
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&req(None), now).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        stats[1].set_healthy(false);
+        let picks: Vec<_> = (0..4).map(|_| b.pick(&req(None), now).unwrap()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        let mut r = req(None);
+        r.extensions_mut().insert(Avoid(0));
+        for _ in 0..4 {
+            assert_eq!(b.pick(&r, now).unwrap(), 2);
+        }
+        // Avoid yields when nothing else is left.
+        stats[2].set_healthy(false);
+        assert_eq!(b.pick(&r, now).unwrap(), 0);
+        stats[0].set_healthy(false);
+        assert_eq!(b.pick(&r, now), Err(NoneAvailable));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ewma_prefers_the_fast_endpoint() {
+        let (c, stats) = cluster(LbPolicy::Ewma, &[("fast:1", 1), ("slow:1", 1)]);
+        let b = Balancer::new(&c, stats.clone());
+        let now = Instant::now();
+        stats[0].observe(Duration::from_millis(2), false, now);
+        stats[1].observe(Duration::from_millis(50), false, now);
+        let fast = (0..100)
+            .filter(|_| b.pick(&req(None), now).unwrap() == 0)
+            .count();
+        assert_eq!(fast, 100);
+        // Load on the fast one shifts traffic: 30 in flight at 2ms > 1 at 50ms.
+        let _held: Vec<_> = (0..30).map(|_| stats[0].start()).collect();
+        assert_eq!(b.pick(&req(None), now).unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ewma_peaks_then_decays() {
+        let e = EndpointStats::new("x".into());
+        let t0 = Instant::now();
+        assert_eq!(e.ewma(t0), DEFAULT_RTT);
+        e.observe(Duration::from_millis(10), false, t0);
+        e.observe(Duration::from_millis(100), false, t0);
+        assert_eq!(e.ewma(t0), Duration::from_millis(100), "peaks at once");
+        // One decay period later the estimate is 1/e of itself.
+        let later = t0 + DECAY;
+        let ms = e.ewma(later).as_secs_f64() * 1000.0;
+        assert!((ms - 100.0 / std::f64::consts::E).abs() < 0.01, "{ms}");
+        // A failure counts as the penalty.
+        e.observe(Duration::from_millis(1), true, later);
+        assert_eq!(e.ewma(later), FAILURE_PENALTY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_request_follows_in_flight() {
+        let (c, stats) = cluster(LbPolicy::LeastRequest, &[("a:1", 1), ("b:1", 1)]);
+        let b = Balancer::new(&c, stats.clone());
+        let _busy = stats[0].start();
+        for _ in 0..20 {
+            assert_eq!(b.pick(&req(None), Instant::now()).unwrap(), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ring_hash_is_sticky_and_consistent() {
+        let addrs = [("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)];
+        let (c, stats) = cluster(LbPolicy::RingHash, &addrs);
+        let three = Balancer::new(&c, stats.clone());
+        let now = Instant::now();
+        let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| three.pick(&req(Some(k)), now).unwrap())
+            .collect();
+        for (k, &p) in keys.iter().zip(&before).take(50) {
+            assert_eq!(three.pick(&req(Some(k)), now).unwrap(), p, "sticky");
+        }
+        // Every endpoint gets a fair share.
+        for i in 0..3 {
+            let share = before.iter().filter(|&&p| p == i).count();
+            assert!((200..470).contains(&share), "endpoint {i}: {share}");
+        }
+        // Dropping the third endpoint moves only its keys.
+        let (c2, stats2) = cluster(LbPolicy::RingHash, &addrs[..2]);
+        let two = Balancer::new(&c2, stats2);
+        let moved = keys
+            .iter()
+            .zip(&before)
+            .filter(|(k, p)| **p != 2 && two.pick(&req(Some(k)), now).unwrap() != **p)
+            .count();
+        assert_eq!(moved, 0);
+        // An unhealthy endpoint's keys go to the next point on the ring.
+        stats[0].set_healthy(false);
+        for (k, &p) in keys.iter().zip(&before).take(100) {
+            let now_p = three.pick(&req(Some(k)), now).unwrap();
+            if p != 0 {
+                assert_eq!(now_p, p);
+            } else {
+                assert_ne!(now_p, 0);
+            }
+        }
+    }
+}

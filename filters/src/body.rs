@@ -2,15 +2,24 @@
 //!
 //! An enum rather than a boxed trait object: bodies are created for every
 //! request and response, and the enum costs no allocation. Bodies are always
-//! streamed frame by frame (data and trailers), never collected.
+//! streamed frame by frame (data and trailers), never collected; the two
+//! exceptions are bounded: a request body is kept (up to a limit) so that a
+//! retry can send it again (`Replay`), and the retry layer may read the first
+//! frames of a gRPC response to find its status (`Peeked`).
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
+use crate::circuit_breaker::Permit;
 use crate::error::BoxError;
 use crate::telemetry::Recorder;
 
@@ -26,11 +35,56 @@ pub enum Body {
     Incoming(Incoming),
     /// A response body whose end (trailers included) completes a telemetry record.
     Recorded(Incoming, Recorder),
+    /// A request body that a retry can send again; see [`ReplayBody`].
+    Replay(ReplayBody),
+    /// A response body whose first frames were read ahead (to see a gRPC
+    /// status in the trailers) and are given back before the rest.
+    Peeked {
+        frames: VecDeque<Frame<Bytes>>,
+        rest: Box<Body>,
+    },
+    /// A response body that holds a circuit-breaker permit until it ends, so
+    /// `max_requests` counts a request for as long as it streams.
+    Guarded(Box<Body>, Permit),
+    /// Any other body (adapters, tests); boxed, so off the hot path.
+    Boxed(BoxBody<Bytes, BoxError>),
 }
 
 impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
+    }
+
+    /// Boxes any body whose errors convert to `BoxError`.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        Body::Boxed(body.map_err(Into::into).boxed())
+    }
+
+    /// Lets `rec` ride in the body so the request is recorded when the body
+    /// ends, with the `grpc-status` of the trailers. Bodies that can't carry
+    /// a recorder (ones Skiff made) record now.
+    pub fn with_recorder(self, mut rec: Recorder) -> Body {
+        match self {
+            Body::Incoming(b) => Body::Recorded(b, rec),
+            Body::Peeked { frames, rest } => {
+                for t in frames.iter().filter_map(Frame::trailers_ref) {
+                    rec.observe_trailers(t);
+                }
+                Body::Peeked {
+                    frames,
+                    rest: Box::new(rest.with_recorder(rec)),
+                }
+            }
+            Body::Guarded(inner, permit) => {
+                Body::Guarded(Box::new(inner.with_recorder(rec)), permit)
+            }
+            other => other,
+        }
     }
 }
 
@@ -61,6 +115,13 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
+            Body::Replay(b) => b.poll_frame(cx),
+            Body::Peeked { frames, rest } => match frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
+            Body::Guarded(b, _) => Pin::new(&mut **b).poll_frame(cx),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -69,6 +130,10 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) | Body::Recorded(b, _) => b.is_end_stream(),
+            Body::Replay(b) => b.is_end_stream(),
+            Body::Peeked { frames, rest } => frames.is_empty() && rest.is_end_stream(),
+            Body::Guarded(b, _) => b.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -77,6 +142,287 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) | Body::Recorded(b, _) => b.size_hint(),
+            Body::Replay(b) => b.size_hint(),
+            Body::Peeked { frames, rest } => {
+                let ahead: u64 = frames
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(ahead));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(ahead));
+                }
+                hint
+            }
+            Body::Guarded(b, _) => b.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
         }
+    }
+}
+
+// === impl ReplayBody ===
+
+/// A request body that streams to the first attempt while keeping a copy of
+/// what it sent, up to a limit, so that a retry can send it again (as
+/// linkerd2-proxy's `ReplayBody`).
+///
+/// The first attempt never waits for the whole body: a bidirectional gRPC
+/// stream sends its request while reading the response, and waiting would
+/// deadlock it. Every copy reads the shared state; the newest copy (the
+/// attempt in progress) is the only one allowed to read on from the client,
+/// and older copies fail, since their attempt was given up. The value `new`
+/// returns is the handle the retry layer keeps; each attempt, the first
+/// included, sends a copy from `replay`.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<ReplayState>>,
+    /// Which copy this is; only the newest one may read from the client.
+    generation: u64,
+    /// The next buffered chunk this copy gives out.
+    next_chunk: usize,
+    trailers_sent: bool,
+    /// The client body's size hint, which every complete replay matches.
+    hint: SizeHint,
+}
+
+struct ReplayState {
+    /// The client's body until it has ended.
+    rest: Option<Box<Body>>,
+    chunks: Vec<Bytes>,
+    len: usize,
+    trailers: Option<HeaderMap>,
+    limit: usize,
+    /// The copy is incomplete (over the limit, failed, or no longer wanted):
+    /// nothing more is buffered and no new copy can be made.
+    capped: bool,
+    generation: u64,
+}
+
+impl fmt::Debug for ReplayState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayState")
+            .field("len", &self.len)
+            .field("limit", &self.limit)
+            .field("capped", &self.capped)
+            .field("ended", &self.rest.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body a given-up attempt still held was read by a newer attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("request body moved to a newer attempt")]
+pub struct Superseded;
+
+impl ReplayBody {
+    /// Wraps `body`, keeping up to `limit` bytes for replays.
+    pub fn new(body: Body, limit: usize) -> Self {
+        use http_body::Body as _;
+        let hint = body.size_hint();
+        ReplayBody {
+            shared: Arc::new(Mutex::new(ReplayState {
+                rest: Some(Box::new(body)),
+                chunks: Vec::new(),
+                len: 0,
+                trailers: None,
+                limit,
+                capped: false,
+                generation: 0,
+            })),
+            generation: 0,
+            next_chunk: 0,
+            trailers_sent: false,
+            hint,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        // A panic while holding the lock can't leave the state half-updated
+        // in a way that matters more than failing the request.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a replay would send the whole body: nothing went over the limit.
+    pub fn can_replay(&self) -> bool {
+        !self.state().capped
+    }
+
+    /// A new copy from the first byte for the next attempt, or `None` when
+    /// the body can no longer be replayed. Older copies stop working.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut s = self.state();
+        if s.capped {
+            return None;
+        }
+        s.generation += 1;
+        Some(ReplayBody {
+            shared: self.shared.clone(),
+            generation: s.generation,
+            next_chunk: 0,
+            trailers_sent: false,
+            hint: self.hint,
+        })
+    }
+
+    /// Stops keeping a copy: no more retries will be made, so the buffer
+    /// need not grow. What is buffered stays for the copy still reading it.
+    pub fn stop_buffering(&self) {
+        self.state().capped = true;
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = self.shared.clone();
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        if s.generation != self.generation {
+            return Poll::Ready(Some(Err(Superseded.into())));
+        }
+        if let Some(chunk) = s.chunks.get(self.next_chunk) {
+            self.next_chunk += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        let Some(rest) = s.rest.as_mut() else {
+            if !self.trailers_sent
+                && let Some(t) = &s.trailers
+            {
+                self.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        };
+        match http_body::Body::poll_frame(Pin::new(&mut **rest), cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.rest = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.capped = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if !s.capped {
+                        if s.len + data.len() > s.limit {
+                            s.capped = true;
+                        } else {
+                            s.len += data.len();
+                            s.chunks.push(data.clone());
+                            self.next_chunk += 1;
+                        }
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    // Trailers end a body.
+                    s.trailers = Some(t.clone());
+                    s.rest = None;
+                    self.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        use http_body::Body as _;
+        let s = self.state();
+        if s.generation != self.generation || self.next_chunk < s.chunks.len() {
+            return false;
+        }
+        match &s.rest {
+            Some(rest) => rest.is_end_stream(),
+            None => self.trailers_sent || s.trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A client body that streams `chunks` then optional trailers.
+    pub(crate) fn streamed(chunks: &[&'static [u8]], trailers: Option<HeaderMap>) -> Body {
+        let mut frames: VecDeque<Frame<Bytes>> = chunks
+            .iter()
+            .map(|c| Frame::data(Bytes::from_static(c)))
+            .collect();
+        if let Some(t) = trailers {
+            frames.push_back(Frame::trailers(t));
+        }
+        Body::Peeked {
+            frames,
+            rest: Box::new(Body::Empty),
+        }
+    }
+
+    async fn collect(body: Body) -> (Vec<u8>, Option<HeaderMap>) {
+        let c = body.collect().await.unwrap();
+        let trailers = c.trailers().cloned();
+        (c.to_bytes().to_vec(), trailers)
+    }
+
+    #[tokio::test]
+    async fn replays_data_and_trailers_intact() {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "abc".parse().unwrap());
+        let root = ReplayBody::new(streamed(&[b"hello ", b"world"], Some(t)), 64);
+        // The first attempt reads from the client...
+        let (bytes, trailers) = collect(Body::Replay(root.replay().unwrap())).await;
+        assert_eq!(bytes, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "abc");
+        // ...and a replay afterwards gets the same bytes from the copy.
+        let (bytes, trailers) = collect(Body::Replay(root.replay().unwrap())).await;
+        assert_eq!(bytes, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "abc");
+    }
+
+    #[tokio::test]
+    async fn a_replay_supersedes_the_older_copy() {
+        let root = ReplayBody::new(streamed(&[b"a", b"b"], None), 64);
+        let mut first = Body::Replay(root.replay().unwrap());
+        let chunk = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(chunk, "a");
+        let second = root.replay().unwrap();
+        assert!(first.frame().await.unwrap().is_err(), "older copy fails");
+        let (bytes, _) = collect(Body::Replay(second)).await;
+        assert_eq!(bytes, b"ab", "the replay resends the start, then reads on");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_cannot_replay() {
+        let body = ReplayBody::new(streamed(&[b"0123", b"4567", b"89"], None), 8);
+        assert!(body.can_replay(), "nothing read yet");
+        let handle = body.replay().unwrap();
+        let (bytes, _) = collect(Body::Replay(handle)).await;
+        assert_eq!(bytes, b"0123456789", "the attempt itself gets everything");
+        assert!(!body.can_replay());
+        assert!(body.replay().is_none());
+    }
+
+    #[tokio::test]
+    async fn stop_buffering_refuses_replays() {
+        let body = ReplayBody::new(streamed(&[b"x"], None), 8);
+        assert!(body.can_replay());
+        body.stop_buffering();
+        assert!(body.replay().is_none());
+    }
+
+    #[tokio::test]
+    async fn peeked_frames_come_first_and_feed_the_recorder() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "5".parse().unwrap());
+        let body = Body::Peeked {
+            frames: [Frame::data(Bytes::from_static(b"ab"))].into(),
+            rest: Box::new(streamed(&[b"cd"], Some(t))),
+        };
+        let (bytes, trailers) = collect(body).await;
+        assert_eq!(bytes, b"abcd");
+        assert_eq!(trailers.unwrap()["grpc-status"], "5");
     }
 }

@@ -2,11 +2,17 @@
 //! with its config beside it; `stack` is the one place that orders them.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+pub mod fault;
 pub mod headers;
+pub mod outlier;
+pub mod rate_limit;
+pub mod retry;
 pub mod route;
 pub mod stack;
 pub mod telemetry;

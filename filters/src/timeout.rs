@@ -4,15 +4,21 @@
 //! request. It stops at the response headers rather than the last body byte so
 //! that long-lived streams (gRPC streaming, downloads) are not cut off; see
 //! docs/routing.md for this choice.
+//!
+//! A gRPC client states its own deadline in `grpc-timeout`; for gRPC requests
+//! the smaller of it and the route timeout applies, so the proxy answers
+//! DEADLINE_EXCEEDED no later than the client would give up anyway.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Request;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::classify;
 use crate::error::{BoxError, ProxyError, Reason};
 
 /// A timeout layer; `None` passes requests through untouched.
@@ -44,9 +50,9 @@ pub struct Timeout<S> {
     after: Option<Duration>,
 }
 
-impl<S, Req> Service<Req> for Timeout<S>
+impl<S, B> Service<Request<B>> for Timeout<S>
 where
-    S: Service<Req>,
+    S: Service<Request<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -57,11 +63,22 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let client = if classify::is_grpc(req.headers()) {
+            classify::grpc_timeout(req.headers())
+        } else {
+            None
+        };
+        let (after, source) = match (self.after, client) {
+            (Some(route), Some(grpc)) if grpc < route => (Some(grpc), Source::Grpc),
+            (None, Some(grpc)) => (Some(grpc), Source::Grpc),
+            (route, _) => (route, Source::Route),
+        };
         TimeoutFuture {
             inner: self.inner.call(req),
-            sleep: self.after.map(tokio::time::sleep),
-            after: self.after.unwrap_or_default(),
+            sleep: after.map(tokio::time::sleep),
+            after: after.unwrap_or_default(),
+            source,
         }
     }
 }
@@ -73,7 +90,15 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         after: Duration,
+        source: Source,
     }
+}
+
+/// Which deadline was the nearer one, for the error message.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Route,
+    Grpc,
 }
 
 impl<F, T, E> Future for TimeoutFuture<F>
@@ -94,7 +119,10 @@ where
         if sleep.poll(cx).is_pending() {
             return Poll::Pending;
         }
-        let msg = format!("no response within the route timeout of {:?}", this.after);
+        let msg = match this.source {
+            Source::Route => format!("no response within the route timeout of {:?}", this.after),
+            Source::Grpc => format!("no response within the grpc-timeout of {:?}", this.after),
+        };
         Poll::Ready(Err(ProxyError::new(Reason::Timeout, msg).into()))
     }
 }
@@ -106,12 +134,23 @@ mod tests {
     use tower::ServiceExt;
     use tower_test::mock;
 
+    fn req(grpc_timeout: Option<&str>, grpc: bool) -> Request<()> {
+        let mut b = Request::builder();
+        if grpc {
+            b = b.header("content-type", "application/grpc");
+        }
+        if let Some(t) = grpc_timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        b.body(()).unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fires_at_the_deadline() {
-        let (svc, mut handle) = mock::pair::<&str, &str>();
+        let (svc, mut handle) = mock::pair::<Request<()>, &str>();
         let svc = TimeoutLayer::new(Some(Duration::from_millis(250))).layer(svc);
         let start = tokio::time::Instant::now();
-        let call = tokio::spawn(svc.oneshot("req"));
+        let call = tokio::spawn(svc.oneshot(req(None, false)));
         let (_req, _send) = handle.next_request().await.unwrap();
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(reason_of(&*err), Reason::Timeout);
@@ -120,9 +159,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn passes_responses_before_the_deadline() {
-        let (svc, mut handle) = mock::pair::<&str, &str>();
+        let (svc, mut handle) = mock::pair::<Request<()>, &str>();
         let svc = TimeoutLayer::new(Some(Duration::from_secs(1))).layer(svc);
-        let call = tokio::spawn(svc.oneshot("req"));
+        let call = tokio::spawn(svc.oneshot(req(None, false)));
         let (_req, send) = handle.next_request().await.unwrap();
         tokio::time::advance(Duration::from_millis(999)).await;
         send.send_response("ok");
@@ -131,12 +170,49 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn none_never_fires() {
-        let (svc, mut handle) = mock::pair::<&str, &str>();
+        let (svc, mut handle) = mock::pair::<Request<()>, &str>();
         let svc = TimeoutLayer::new(None).layer(svc);
-        let call = tokio::spawn(svc.oneshot("req"));
+        let call = tokio::spawn(svc.oneshot(req(None, false)));
         let (_req, send) = handle.next_request().await.unwrap();
         tokio::time::advance(Duration::from_secs(3600)).await;
         send.send_response("late");
         assert_eq!(call.await.unwrap().unwrap(), "late");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_smaller_of_route_and_grpc_timeout_wins() {
+        for (route, header, grpc, fires_at) in [
+            (Some(1000), Some("200m"), true, 200),
+            (Some(100), Some("2S"), true, 100),
+            (None, Some("300000u"), true, 300),
+            (Some(500), Some("100m"), false, 500), // not gRPC: header ignored
+            (Some(500), Some("bogus"), true, 500),
+        ] {
+            let (svc, mut handle) = mock::pair::<Request<()>, &str>();
+            let svc = TimeoutLayer::new(route.map(Duration::from_millis)).layer(svc);
+            let start = tokio::time::Instant::now();
+            let call = tokio::spawn(svc.oneshot(req(header, grpc)));
+            let (_req, _send) = handle.next_request().await.unwrap();
+            let err = call.await.unwrap().unwrap_err();
+            assert_eq!(reason_of(&*err), Reason::Timeout);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_millis(fires_at),
+                "{route:?} {header:?} {grpc}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_deadline_reply_is_deadline_exceeded() {
+        let (svc, mut handle) = mock::pair::<Request<()>, &str>();
+        let svc = TimeoutLayer::new(None).layer(svc);
+        let call = tokio::spawn(svc.oneshot(req(Some("1S"), true)));
+        let (_req, _send) = handle.next_request().await.unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("grpc-timeout"), "{err}");
+        let rsp = crate::error::respond(&*err, true);
+        assert_eq!(rsp.headers()["grpc-status"], "4");
+        assert_eq!(rsp.headers()["skiff-error"], "timeout");
     }
 }

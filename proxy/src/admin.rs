@@ -66,6 +66,7 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
         }
         "/clusters" => {
             let runtime = shared.runtime.load();
+            let now = tokio::time::Instant::now();
             let clusters: Vec<_> = runtime
                 .clusters
                 .iter()
@@ -74,13 +75,15 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
                         .endpoints
                         .iter()
                         .map(|e| {
+                            let s = &e.stats;
                             json!({
                                 "address": e.address,
                                 "weight": e.weight,
-                                "healthy": true,
-                                "ejected": false,
-                                "in_flight": e.in_flight(),
-                                "ewma_ms": 0.0,
+                                "healthy": s.healthy(),
+                                "ejected": s.outlier.is_ejected(now),
+                                "times_ejected": s.outlier.times_ejected(),
+                                "in_flight": s.in_flight(),
+                                "ewma_ms": s.ewma(now).as_secs_f64() * 1000.0,
                             })
                         })
                         .collect();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use skiff_control::model::ListenerProtocol;
+use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
 use skiff_control::{Config, Snapshot};
 use skiff_filters::telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use crate::listener::{self, Serve};
 use crate::runtime::{CompileError, Runtime};
 use crate::server::{Handler, ListenerCtx};
 use crate::shutdown::Signal;
+use crate::tls::{self, Identity, IdentityError, Inbound};
 use crate::{admin, protocol};
 
 /// State every connection and the admin server share.
@@ -28,6 +29,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `/ready`: set once every listener is bound, cleared when draining.
     pub ready: AtomicBool,
+    /// This workload's mTLS identity (`identity:`), loaded once at build and
+    /// reloaded in place when its files change; compile new runtimes with it.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Why a config could not be turned into a running proxy.
@@ -41,6 +45,15 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Compile(#[from] CompileError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("listener {listener}: tls.mode {mode:?} needs `identity:` (cert, key, trust_bundle)")]
+    NoIdentity { listener: String, mode: TlsMode },
+    #[error("listener {listener}: cannot set up TLS: {source}")]
+    Tls {
+        listener: String,
+        source: rustls::Error,
+    },
 }
 
 /// A running proxy: its bound addresses and its shutdown handle.
@@ -51,6 +64,8 @@ pub struct Bound {
     signal: Signal,
     drain_timeout: Duration,
     admin_task: JoinHandle<()>,
+    /// Polls the identity files for rotation; stopped with the proxy.
+    reloader: Option<JoinHandle<()>>,
 }
 
 impl Bound {
@@ -65,6 +80,17 @@ impl Bound {
             .map(|(_, a)| *a)
     }
 
+    /// Reads the identity files now, as the periodic poll does: `Ok(true)`
+    /// when new material is in use, `Ok(false)` when nothing changed or
+    /// there is no identity. On an error the previous material stays.
+    /// Lets tests rotate deterministically instead of waiting for a poll.
+    pub fn reload_identity(&self) -> Result<bool, IdentityError> {
+        match &self.shared.identity {
+            Some(identity) => identity.reload(),
+            None => Ok(false),
+        }
+    }
+
     /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
     /// listeners close, open connections are asked to finish.
     pub fn drain(&self) {
@@ -74,17 +100,27 @@ impl Bound {
 
     /// Resolves once a drain has started and every connection has finished,
     /// or the drain timeout has passed.
-    pub async fn wait_termination(self) -> Result<(), BuildError> {
+    pub async fn wait_termination(mut self) -> Result<(), BuildError> {
         let timeout = self.drain_timeout;
         if tokio::time::timeout(timeout, self.signal.drained())
             .await
             .is_err()
         {
-            warn!(?timeout, "drain timeout passed with connections still open");
+            warn!(
+                ?timeout,
+                "drain timeout passed: closing the connections still open"
+            );
+            self.signal.terminate();
+            // Connection tasks end at once on `terminated`; wait so callers
+            // see every connection closed when this returns.
+            self.signal.drained().await;
         } else {
             info!("drained");
         }
         self.admin_task.abort();
+        if let Some(reloader) = &self.reloader {
+            reloader.abort();
+        }
         Ok(())
     }
 }
@@ -111,11 +147,19 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     }
     let admin_socket = bind("admin", &admin_address).await?;
 
+    // The identity first: clusters with `tls` and TLS listeners need it,
+    // and a missing or invalid file must stop the start, not the first request.
+    let identity = match &config.identity {
+        Some(i) => Some(Arc::new(Identity::load(i)?)),
+        None => None,
+    };
     let metrics = Metrics::new();
+    let runtime = Runtime::compile(snapshot.clone(), &metrics, None, identity.as_ref())?;
     let shared = Arc::new(Shared {
-        runtime: ArcSwap::from_pointee(Runtime::compile(snapshot.clone(), &metrics)?),
+        runtime: ArcSwap::from_pointee(runtime),
         metrics,
         ready: AtomicBool::new(false),
+        identity: identity.clone(),
     });
     let signal = Signal::new();
     let mut listeners = Vec::with_capacity(sockets.len());
@@ -136,14 +180,17 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
                         direction: l.direction,
                         routes: l.routes.clone().unwrap_or_default(),
                     }),
+                    peer: None,
                 },
             },
         };
-        info!(listener = %l.name, %addr, protocol = %l.protocol, "listening");
+        let tls = inbound_tls(l, &name, identity.as_ref(), &shared.metrics)?;
+        info!(listener = %l.name, %addr, protocol = %l.protocol, tls = ?l.tls.as_ref().map(|t| t.mode), "listening");
         tokio::spawn(listener::run(
             socket,
             name,
             serve,
+            tls,
             shared.metrics.clone(),
             signal.watch(),
         ));
@@ -152,6 +199,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let admin = local_addr(&admin_socket, &admin_address)?;
     info!(%admin, "admin listening");
     let admin_task = tokio::spawn(admin::run(admin_socket, shared.clone()));
+    let reloader = identity.map(|i| tls::spawn_reloader(i, tls::RELOAD_INTERVAL));
     shared.ready.store(true, Ordering::Release);
     Ok(Bound {
         admin,
@@ -160,7 +208,40 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         signal,
         drain_timeout,
         admin_task,
+        reloader,
     })
+}
+
+/// The listener's TLS termination, when `tls.mode` is strict or permissive.
+fn inbound_tls(
+    l: &Listener,
+    name: &Arc<str>,
+    identity: Option<&Arc<Identity>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Inbound>>, BuildError> {
+    let mode = l.tls.as_ref().map_or(TlsMode::Disabled, |t| t.mode);
+    if mode == TlsMode::Disabled {
+        return Ok(None);
+    }
+    let Some(identity) = identity else {
+        return Err(BuildError::NoIdentity {
+            listener: l.name.clone(),
+            mode,
+        });
+    };
+    let inbound = Inbound::new(
+        identity,
+        mode,
+        protocol::alpn(l.protocol),
+        name.clone(),
+        metrics.clone(),
+        l.header_timeout.get(),
+    )
+    .map_err(|source| BuildError::Tls {
+        listener: l.name.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(inbound)))
 }
 
 async fn bind(what: &str, addr: &str) -> Result<TcpListener, BuildError> {

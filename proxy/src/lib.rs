@@ -5,12 +5,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod certs;
 pub mod demo;
+pub mod health;
 pub mod listener;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{Bound, BuildError, build, build_from};

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use skiff_filters::telemetry::Metrics;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::app::Shared;
 use crate::server::{self, Handler};
 use crate::shutdown::Watch;
-use crate::upstream;
+use crate::tls::{Accepted, Inbound};
+use crate::upstream::{self, Io};
 
 /// What a listener does with an accepted connection.
 pub enum Serve {
@@ -28,10 +29,14 @@ pub enum Serve {
 
 /// Accepts until the drain starts; dropping the socket then makes new
 /// connects fail fast, so clients and load balancers move elsewhere.
+///
+/// With `tls`, each connection's handshake (or permissive sniff) runs in its
+/// own task, so a slow or hostile client never holds up the accept loop.
 pub async fn run(
     listener: TcpListener,
     name: Arc<str>,
     serve: Serve,
+    tls: Option<Arc<Inbound>>,
     metrics: Arc<Metrics>,
     mut drain: Watch,
 ) {
@@ -53,18 +58,35 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let guard = metrics.connection_opened(&name);
         let watch = drain.clone();
-        match &serve {
-            Serve::Http { builder, handler } => {
+        match (&serve, tls.clone()) {
+            (Serve::Http { builder, handler }, None) => {
                 let (builder, handler) = (builder.clone(), handler.clone());
                 tokio::spawn(async move {
                     server::serve_connection(stream, builder, handler, watch).await;
                     drop(guard);
                 });
             }
-            Serve::Tcp { cluster, shared } => {
+            (Serve::Http { builder, handler }, Some(tls)) => {
+                let (builder, mut handler) = (builder.clone(), handler.clone());
+                tokio::spawn(async move {
+                    if let Some(Accepted { io, peer }) = tls.accept(stream).await {
+                        handler.peer = peer;
+                        server::serve_connection(io, builder, handler, watch).await;
+                    }
+                    drop(guard);
+                });
+            }
+            (Serve::Tcp { cluster, shared }, tls) => {
                 let (cluster, shared) = (cluster.clone(), shared.clone());
                 tokio::spawn(async move {
-                    relay(stream, &cluster, &shared, watch).await;
+                    match tls {
+                        None => relay(stream, &cluster, &shared, watch).await,
+                        Some(tls) => {
+                            if let Some(accepted) = tls.accept(stream).await {
+                                relay(accepted.io, &cluster, &shared, watch).await;
+                            }
+                        }
+                    }
                     drop(guard);
                 });
             }
@@ -75,18 +97,21 @@ pub async fn run(
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream
 /// has no graceful close, so on drain it keeps going until the drain timeout.
-async fn relay(mut stream: TcpStream, name: &str, shared: &Shared, _drain: Watch) {
+async fn relay<I: Io>(mut stream: I, name: &str, shared: &Shared, mut drain: Watch) {
     let cluster = shared.runtime.load().cluster(name).cloned();
     let Some(cluster) = cluster else {
         warn!(cluster = name, "tcp listener's cluster is gone");
         return;
     };
     match upstream::connect_tcp(&cluster).await {
-        Ok((mut up, _)) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut up).await {
-                debug!(error = %e, "tcp relay ended");
+        Ok((mut up, _)) => tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
+                if let Err(e) = res {
+                    debug!(error = %e, "tcp relay ended");
+                }
             }
-        }
+            _ = drain.terminated() => debug!("drain timeout: tcp relay closed"),
+        },
         Err(e) => warn!(error = %e, "tcp relay could not connect"),
     }
 }

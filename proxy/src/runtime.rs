@@ -10,10 +10,14 @@ use std::sync::Arc;
 
 use http::Request;
 use skiff_control::Snapshot;
+use skiff_filters::authz::Policy;
 use skiff_filters::route::{MatchError, Matcher, Split};
 use skiff_filters::stack::{ClusterPolicy, RouteContext, RouteService, route_stack};
 use skiff_filters::telemetry::Metrics;
 
+use tokio::task::AbortHandle;
+
+use crate::health::{self, Probe};
 use crate::upstream::{Cluster, ClusterService};
 
 /// The compiled form of one config snapshot.
@@ -21,6 +25,16 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     tables: HashMap<String, Vec<Route>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// Health-check tasks of this runtime's clusters, stopped when it is replaced.
+    probes: Vec<AbortHandle>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for p in &self.probes {
+            p.abort();
+        }
+    }
 }
 
 /// One route of a table, ready to serve.
@@ -63,39 +77,71 @@ pub enum CompileError {
 }
 
 impl Runtime {
-    pub fn compile(snapshot: Arc<Snapshot>, metrics: &Arc<Metrics>) -> Result<Self, CompileError> {
+    /// `previous` is the runtime being replaced: endpoints that stay keep
+    /// their balancing and ejection state. `identity` is this workload's mTLS
+    /// identity, for clusters with `tls` (it outlives runtimes: rotation
+    /// swaps its material, not the runtime).
+    pub fn compile(
+        snapshot: Arc<Snapshot>,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Runtime>,
+        identity: Option<&Arc<crate::tls::Identity>>,
+    ) -> Result<Self, CompileError> {
         let config = &snapshot.config;
+        let authorization = Arc::new(Policy::from_config(&config.authorization));
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|(name, c)| (name.as_str(), Arc::new(Cluster::from_config(name, c))))
+            .map(|(name, c)| {
+                let old = previous.and_then(|p| p.cluster(name));
+                let stats_for = |addr: &str| {
+                    old.and_then(|o| o.endpoints.iter().find(|e| e.address == addr))
+                        .map(|e| e.stats.clone())
+                };
+                (
+                    name.as_str(),
+                    Arc::new(Cluster::from_config(name, c, metrics, stats_for, identity)),
+                )
+            })
             .collect();
         let policies: HashMap<&str, ClusterPolicy> = clusters
             .iter()
-            .map(|(name, c)| {
-                (
-                    *name,
-                    ClusterPolicy {
-                        name: c.name.clone(),
-                    },
-                )
-            })
+            .map(|(name, c)| (*name, c.policy.clone()))
             .collect();
         let mut tables = HashMap::with_capacity(config.routes.len());
         for (table, routes) in &config.routes {
             let compiled = routes
                 .iter()
                 .enumerate()
-                .map(|(index, r)| compile_route(table, index, r, &clusters, &policies, metrics))
+                .map(|(index, r)| {
+                    compile_route(
+                        table,
+                        index,
+                        r,
+                        &clusters,
+                        &policies,
+                        metrics,
+                        &authorization,
+                    )
+                })
                 .collect::<Result<_, _>>()?;
             tables.insert(table.clone(), compiled);
         }
         let mut clusters: Vec<_> = clusters.into_values().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let probes = clusters
+            .iter()
+            .filter_map(|c| {
+                let hc = config.clusters.get(&*c.name)?.health_check.as_ref()?;
+                Some(health::spawn(c, Probe::from_config(hc, c.protocol())))
+            })
+            .flatten()
+            .collect();
         Ok(Self {
             snapshot,
             tables,
             clusters,
+            probes,
         })
     }
 
@@ -121,6 +167,7 @@ fn compile_route(
     clusters: &HashMap<&str, Arc<Cluster>>,
     policies: &HashMap<&str, ClusterPolicy>,
     metrics: &Arc<Metrics>,
+    authorization: &Arc<Policy>,
 ) -> Result<Route, CompileError> {
     let label: Arc<str> = match &r.name {
         Some(name) => Arc::from(format!("{table}/{name}")),
@@ -129,6 +176,8 @@ fn compile_route(
     let ctx = RouteContext {
         label: label.clone(),
         metrics: metrics.clone(),
+        authorization: authorization.clone(),
+        rate_limit: RouteContext::rate_limit(r, &label, metrics),
     };
     let matcher = Matcher::from_config(&r.matches).map_err(|source| CompileError::Match {
         table: table.to_owned(),

@@ -11,6 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use skiff_control::model::Direction;
+use skiff_filters::authz::PeerIdentity;
 use skiff_filters::error::{self, Reason};
 use skiff_filters::telemetry::Recorder;
 use skiff_filters::{Body, classify, headers};
@@ -29,11 +30,14 @@ pub struct ListenerCtx {
     pub routes: String,
 }
 
-/// Serves requests of one listener; cloned per connection (two `Arc`s).
+/// Serves requests of one listener; cloned per connection (two `Arc`s,
+/// and the peer's identity once an mTLS handshake has told it).
 #[derive(Clone)]
 pub struct Handler {
     pub shared: Arc<Shared>,
     pub listener: Arc<ListenerCtx>,
+    /// The connection's verified SPIFFE ID; `None` for plaintext.
+    pub peer: Option<PeerIdentity>,
 }
 
 impl Handler {
@@ -49,6 +53,19 @@ impl Handler {
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::ensure_request_id(req.headers_mut());
+        // Who is asking, for authorization: the listener's direction (rules
+        // apply inbound only) and the mTLS peer, if any.
+        req.extensions_mut().insert(self.listener.direction);
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        debug!(
+            listener = %self.listener.name,
+            method = %req.method(),
+            path = req.uri().path(),
+            peer_identity = self.peer.as_ref().map_or("none", |p| &*p.0),
+            "request"
+        );
 
         let service = {
             let runtime = self.shared.runtime.load();
@@ -86,10 +103,7 @@ impl Handler {
 /// their end, bodies Skiff made record now.
 fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
     rec.observe_head(rsp.status().as_u16(), rsp.headers());
-    rsp.map(|body| match body {
-        Body::Incoming(b) => Body::Recorded(b, rec),
-        other => other,
-    })
+    rsp.map(|body| body.with_recorder(rec))
 }
 
 /// Relays bytes both ways once both sides agreed to switch protocols.
@@ -128,7 +142,10 @@ pub async fn serve_connection<I>(
         res = conn.as_mut() => return log_end(res),
         _ = drain.draining() => conn.as_mut().graceful_shutdown(),
     }
-    log_end(conn.await);
+    tokio::select! {
+        res = conn => log_end(res),
+        _ = drain.terminated() => debug!("drain timeout: connection closed"),
+    }
 }
 
 fn log_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug)]
 pub struct Signal {
     draining: watch::Sender<bool>,
-    alive_tx: mpsc::Sender<()>,
+    /// Set when the drain timeout passed: whatever is still open is cut.
+    terminated: watch::Sender<bool>,
+    alive_tx: Option<mpsc::Sender<()>>,
     alive_rx: mpsc::Receiver<()>,
 }
 
@@ -19,16 +21,19 @@ pub struct Signal {
 #[derive(Debug, Clone)]
 pub struct Watch {
     draining: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    terminated: watch::Receiver<bool>,
+    _alive: Option<mpsc::Sender<()>>,
 }
 
 impl Signal {
     pub fn new() -> Self {
         let (draining, _) = watch::channel(false);
+        let (terminated, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         Self {
             draining,
-            alive_tx,
+            terminated,
+            alive_tx: Some(alive_tx),
             alive_rx,
         }
     }
@@ -36,8 +41,14 @@ impl Signal {
     pub fn watch(&self) -> Watch {
         Watch {
             draining: self.draining.subscribe(),
+            terminated: self.terminated.subscribe(),
             _alive: self.alive_tx.clone(),
         }
+    }
+
+    /// Cuts every connection still open (the drain timeout passed).
+    pub fn terminate(&self) {
+        self.terminated.send_replace(true);
     }
 
     pub fn drain(&self) {
@@ -50,17 +61,12 @@ impl Signal {
     }
 
     /// Waits for the drain to start, then for every `Watch` to be dropped.
-    pub async fn drained(self) {
-        let Self {
-            draining,
-            alive_tx,
-            mut alive_rx,
-        } = self;
-        let mut started = draining.subscribe();
+    pub async fn drained(&mut self) {
+        let mut started = self.draining.subscribe();
         let _ = started.wait_for(|d| *d).await;
-        drop(alive_tx);
+        self.alive_tx = None;
         // Nothing is ever sent: recv returns None once all senders are gone.
-        let _ = alive_rx.recv().await;
+        let _ = self.alive_rx.recv().await;
     }
 }
 
@@ -75,6 +81,11 @@ impl Watch {
     pub async fn draining(&mut self) {
         let _ = self.draining.wait_for(|d| *d).await;
     }
+
+    /// Resolves once the drain timeout has passed.
+    pub async fn terminated(&mut self) {
+        let _ = self.terminated.wait_for(|t| *t).await;
+    }
 }
 
 #[cfg(test)]
@@ -83,7 +94,7 @@ mod tests {
 
     #[tokio::test]
     async fn drained_waits_for_every_watch() {
-        let signal = Signal::new();
+        let mut signal = Signal::new();
         let mut w = signal.watch();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -92,7 +103,7 @@ mod tests {
             drop(w);
         });
         signal.drain();
-        let drained = tokio::spawn(signal.drained());
+        let drained = tokio::spawn(async move { signal.drained().await });
         tokio::task::yield_now().await;
         assert!(!drained.is_finished());
         tx.send(()).unwrap();

@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,11 +23,18 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
 use skiff_control::model::{self, ClusterProtocol};
+use skiff_filters::balance::{Balancer, EndpointStats, ServedBy};
+use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{BoxError, ProxyError, Reason};
-use skiff_filters::{Body, headers};
+use skiff_filters::outlier::{self, OutlierConfig};
+use skiff_filters::stack::ClusterPolicy;
+use skiff_filters::telemetry::Metrics;
+use skiff_filters::{Body, classify, headers};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 /// A byte stream to an endpoint: plain TCP, or TLS over it when the cluster
 /// originates mTLS. Boxed once per connection, never per request.
@@ -45,7 +51,10 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 pub struct Endpoint {
     pub address: String,
     pub weight: u32,
-    in_flight: AtomicU64,
+    /// Position in the cluster: how balancer, retries and errors name it.
+    index: usize,
+    /// Load and health, shared with the balancer; survives config swaps.
+    pub stats: Arc<EndpointStats>,
     idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     /// Serialises HTTP/2 connects so a burst opens one connection, not many.
@@ -53,19 +62,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(address: String, weight: u32) -> Self {
+    fn new(address: String, weight: u32, index: usize, stats: Arc<EndpointStats>) -> Self {
         Self {
             address,
             weight,
-            in_flight: AtomicU64::new(0),
+            index,
+            stats,
             idle_h1: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -76,45 +82,96 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<Endpoint>>,
     protocol: ClusterProtocol,
     connect_timeout: Duration,
-    /// Endpoint indexes repeated by weight, walked in turn (weighted round robin).
-    schedule: Vec<usize>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    outlier: Option<OutlierConfig>,
+    /// Active health checks run: an ejected endpoint then returns only once a probe passes.
+    pub health_checked: bool,
+    ejections: Counter,
+    /// Per-cluster filter state (breaker, retry budget), shared by every
+    /// route to this cluster; the pool enforces the breaker's connection and
+    /// pending limits.
+    pub policy: ClusterPolicy,
+    /// `tls.server_identity`: originate mTLS. Pools hang off this cluster,
+    /// so pooled connections are per verified identity.
+    tls: Option<crate::tls::Connector>,
 }
 
 impl Cluster {
-    pub fn from_config(name: &str, c: &model::Cluster) -> Self {
+    /// `stats_for(address)` returns the stats an endpoint had in the previous
+    /// config, so balancing and ejections carry over a reload.
+    pub fn from_config(
+        name: &str,
+        c: &model::Cluster,
+        metrics: &Arc<Metrics>,
+        stats_for: impl Fn(&str) -> Option<Arc<EndpointStats>>,
+        identity: Option<&Arc<crate::tls::Identity>>,
+    ) -> Self {
         let endpoints: Vec<_> = c
             .endpoints
             .iter()
-            .map(|e| Arc::new(Endpoint::new(e.address.clone(), e.weight)))
+            .enumerate()
+            .map(|(i, e)| {
+                let stats = stats_for(&e.address)
+                    .unwrap_or_else(|| Arc::new(EndpointStats::new(e.address.clone())));
+                Arc::new(Endpoint::new(e.address.clone(), e.weight, i, stats))
+            })
             .collect();
+        let name: Arc<str> = Arc::from(name);
+        let balancer = Balancer::new(c, endpoints.iter().map(|e| e.stats.clone()).collect());
         Self {
-            name: Arc::from(name),
-            schedule: interleave(&endpoints),
+            ejections: metrics.ejections(&name),
+            policy: ClusterPolicy::from_config(name.clone(), c, metrics),
+            name,
             endpoints,
             protocol: c.protocol,
             connect_timeout: c.connect_timeout.get(),
-            next: AtomicUsize::new(0),
+            balancer,
+            outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_config),
+            health_checked: c.health_check.is_some(),
+            tls: c
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::Connector::new(identity, &t.server_identity)),
         }
     }
 
-    fn pick(&self) -> Option<&Arc<Endpoint>> {
-        if self.schedule.is_empty() {
-            return None;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-        self.endpoints.get(self.schedule[n])
+    pub fn protocol(&self) -> ClusterProtocol {
+        self.protocol
     }
 
-    /// Sends `req` to the next endpoint.
+    /// Sends `req` to the endpoint the balancer picks, and reports how it went.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let Some(ep) = self.pick() else {
+        let start = Instant::now();
+        let Ok(i) = self.balancer.pick(&req, start) else {
             return Err(ProxyError::new(
                 Reason::NoHealthyEndpoints,
-                format!("cluster {} has no endpoints", self.name),
+                format!(
+                    "cluster {}: every endpoint is ejected or unhealthy",
+                    self.name
+                ),
             )
             .into());
         };
+        let ep = &self.endpoints[i];
+        let _in_flight = ep.stats.start();
+        let result = self.send_to(ep, req).await;
+        let failed = match &result {
+            Ok(rsp) => {
+                rsp.status().is_server_error() || classify::grpc_status(rsp.headers()) == Some(14)
+            }
+            Err(_) => true,
+        };
+        self.report(ep, start, failed);
+        let mut rsp = result?;
+        rsp.extensions_mut().insert(ServedBy(i));
+        Ok(rsp)
+    }
+
+    async fn send_to(
+        &self,
+        ep: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
         let upgrading = headers::is_upgrade(req.headers());
         let h2 = !upgrading
             && match self.protocol {
@@ -122,8 +179,6 @@ impl Cluster {
                 ClusterProtocol::Http1 => false,
                 ClusterProtocol::Auto => req.version() == Version::HTTP_2,
             };
-        ep.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _done = InFlight(ep);
         let rsp = if h2 {
             self.send_h2(ep, to_h2(req, &ep.address)?).await?
         } else {
@@ -135,10 +190,77 @@ impl Cluster {
         Ok(rsp)
     }
 
-    /// Opens a connection to `ep` ready for HTTP: TCP, then TLS if configured.
-    async fn connect(&self, ep: &Endpoint) -> Result<BoxIo, ProxyError> {
+    /// Feeds the outcome to the latency estimate and to outlier detection.
+    fn report(&self, ep: &Endpoint, start: Instant, failed: bool) {
+        let now = Instant::now();
+        ep.stats.observe(now - start, failed, now);
+        let Some(cfg) = &self.outlier else { return };
+        if outlier::report(
+            cfg,
+            self.balancer.endpoints(),
+            ep.index,
+            failed,
+            self.health_checked,
+            now,
+        ) {
+            self.ejections.inc();
+            warn!(
+                cluster = %self.name,
+                endpoint = %ep.address,
+                times = ep.stats.outlier.times_ejected(),
+                "endpoint ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Opens a connection to `ep` ready for HTTP/1: TCP, then TLS if configured.
+    /// Opens a pooled connection within the breaker's limits: the connection
+    /// permit lives as long as the connection, the pending permit only while
+    /// the request waits for it.
+    async fn connect_pooled(
+        &self,
+        ep: &Endpoint,
+        h2: bool,
+    ) -> Result<(BoxIo, Option<Permit>), ProxyError> {
+        let Some(breaker) = &self.policy.breaker else {
+            return Ok((self.connect_as(ep, h2).await?, None));
+        };
+        let conn = breaker.try_connection()?;
+        let _pending = breaker.try_pending()?;
+        Ok((self.connect_as(ep, h2).await?, Some(conn)))
+    }
+
+    pub(crate) async fn connect(&self, ep: &Endpoint) -> Result<BoxIo, ProxyError> {
+        self.connect_as(ep, false).await
+    }
+
+    /// Opens a connection to `ep`: TCP, then, when the cluster has
+    /// `tls.server_identity`, an mTLS handshake offering `h2` or `http/1.1`
+    /// by ALPN. A peer that fails verification (wrong identity, foreign CA,
+    /// expired) fails the request as `connect-failed`, never as plaintext.
+    pub(crate) async fn connect_as(&self, ep: &Endpoint, h2: bool) -> Result<BoxIo, ProxyError> {
         let tcp = self.connect_tcp(ep).await?;
-        Ok(Box::new(tcp))
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let handshake = tls.connect(tcp, &ep.address, h2);
+        let why = match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(stream)) => return Ok(Box::new(stream)),
+            Ok(Err(why)) => why,
+            Err(_) => format!("no TLS handshake within {:?}", self.connect_timeout),
+        };
+        warn!(
+            cluster = %self.name,
+            endpoint = %ep.address,
+            server_identity = tls.server_identity(),
+            error = %why,
+            "mTLS connect failed"
+        );
+        Err(ProxyError::new(
+            Reason::ConnectFailed,
+            format!("mTLS to {} (cluster {}): {why}", ep.address, self.name),
+        )
+        .at_endpoint(ep.index))
     }
 
     async fn connect_tcp(&self, ep: &Endpoint) -> Result<TcpStream, ProxyError> {
@@ -147,6 +269,7 @@ impl Cluster {
                 Reason::ConnectFailed,
                 format!("connect to {} (cluster {}): {why}", ep.address, self.name),
             )
+            .at_endpoint(ep.index)
         };
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*ep.address))
             .await
@@ -162,7 +285,7 @@ impl Cluster {
         ep: &Endpoint,
         mut req: Request<Body>,
         upgrading: bool,
-    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         // A pooled connection may have been closed by the server just now; if
         // hyper hands the request back unsent, it is safe to try a fresh one.
         while let Some(mut conn) = self.checkout_h1(ep) {
@@ -180,12 +303,13 @@ impl Cluster {
                 },
             }
         }
-        let io = TokioIo::new(self.connect(ep).await?);
+        let (io, permit) = self.connect_pooled(ep, false).await?;
         let (mut conn, driver) = http1::Builder::new()
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| connect_err(ep, e))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = driver.with_upgrades().await {
                 debug!(error = %e, "upstream HTTP/1 connection ended");
             }
@@ -218,7 +342,7 @@ impl Cluster {
         &self,
         ep: &Endpoint,
         mut req: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
         if let Some(conn) = ep.h2.load_full()
             && !conn.is_closed()
         {
@@ -235,20 +359,21 @@ impl Cluster {
         conn.send_request(req).await.map_err(|e| reset(ep, e))
     }
 
-    async fn h2_connection(&self, ep: &Endpoint) -> Result<http2::SendRequest<Body>, BoxError> {
+    async fn h2_connection(&self, ep: &Endpoint) -> Result<http2::SendRequest<Body>, ProxyError> {
         let _one = ep.h2_connecting.lock().await;
         if let Some(conn) = ep.h2.load_full()
             && !conn.is_closed()
         {
             return Ok((*conn).clone());
         }
-        let io = TokioIo::new(self.connect(ep).await?);
+        let (io, permit) = self.connect_pooled(ep, true).await?;
         let (conn, driver) = http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| connect_err(ep, e))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = driver.await {
                 debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -258,55 +383,22 @@ impl Cluster {
     }
 }
 
-/// Spreads each endpoint's turns across the schedule instead of in a run, so
-/// weight 3 vs 1 goes a,b,a,a rather than a,a,a,b.
-fn interleave(endpoints: &[Arc<Endpoint>]) -> Vec<usize> {
-    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
-    let mut current = vec![0i64; endpoints.len()];
-    let mut schedule = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        // Smooth weighted round robin (as nginx): add weights, take the
-        // largest, subtract the total from it.
-        for (c, e) in current.iter_mut().zip(endpoints) {
-            *c += i64::from(e.weight);
-        }
-        let Some((best, _)) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, -(*i as i64)))
-        else {
-            break;
-        };
-        current[best] -= total as i64;
-        schedule.push(best);
-    }
-    schedule
-}
-
-struct InFlight<'a>(&'a Endpoint);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn connect_err(ep: &Endpoint, e: hyper::Error) -> BoxError {
+fn connect_err(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     ProxyError::new(
         Reason::ConnectFailed,
         format!("handshake with {}", ep.address),
     )
     .with_source(e)
-    .into()
+    .at_endpoint(ep.index)
 }
 
-fn reset(ep: &Endpoint, e: hyper::Error) -> BoxError {
+fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     ProxyError::new(
         Reason::UpstreamReset,
         format!("{} failed before a complete response", ep.address),
     )
     .with_source(e)
-    .into()
+    .at_endpoint(ep.index)
 }
 
 /// HTTP/1 wants origin-form (`/path?q`) and a Host header.
@@ -332,7 +424,7 @@ fn to_h1(mut req: Request<Body>, endpoint: &str) -> Request<Body> {
 }
 
 /// HTTP/2 wants an absolute URI (`:scheme`, `:authority`) and no Host header.
-fn to_h2(mut req: Request<Body>, endpoint: &str) -> Result<Request<Body>, BoxError> {
+fn to_h2(mut req: Request<Body>, endpoint: &str) -> Result<Request<Body>, ProxyError> {
     let authority = match req.uri().authority() {
         Some(a) => a.clone(),
         None => {
@@ -380,13 +472,23 @@ impl tower::Service<Request<Body>> for ClusterService {
 
 /// Opens a plain TCP connection to the cluster's next endpoint (tcp listeners).
 pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let ep = cluster.pick().ok_or_else(|| {
-        ProxyError::new(
-            Reason::NoHealthyEndpoints,
-            format!("cluster {} has no endpoints", cluster.name),
-        )
-    })?;
-    let stream = cluster.connect_tcp(ep).await?;
+    let i = cluster
+        .balancer
+        .pick(&Request::new(()), Instant::now())
+        .map_err(|_| {
+            ProxyError::new(
+                Reason::NoHealthyEndpoints,
+                format!(
+                    "cluster {}: every endpoint is ejected or unhealthy",
+                    cluster.name
+                ),
+            )
+        })?;
+    let ep = &cluster.endpoints[i];
+    let start = Instant::now();
+    let result = cluster.connect_tcp(ep).await;
+    cluster.report(ep, start, result.is_err());
+    let stream = result?;
     let peer = stream
         .peer_addr()
         .map_err(|e| ProxyError::new(Reason::ConnectFailed, "peer address").with_source(e))?;
@@ -396,20 +498,6 @@ pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), P
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn weighted_schedule_is_smooth() {
-        let eps: Vec<_> = [("a", 3), ("b", 1)]
-            .iter()
-            .map(|(a, w)| Arc::new(Endpoint::new(a.to_string(), *w)))
-            .collect();
-        assert_eq!(interleave(&eps), vec![0, 0, 1, 0]);
-        let eps: Vec<_> = [("a", 1), ("b", 1), ("c", 1)]
-            .iter()
-            .map(|(a, w)| Arc::new(Endpoint::new(a.to_string(), *w)))
-            .collect();
-        assert_eq!(interleave(&eps), vec![0, 1, 2]);
-    }
 
     #[test]
     fn h1_and_h2_forms() {

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The `skiff` binary as an operator runs it: `check` output and exit codes,
 //! `run` serving until SIGTERM and then exiting 0.
 

@@ -107,6 +107,75 @@ fn a_full_config_loads() {
 }
 
 #[test]
+fn filter_chain_keys_load() {
+    let text = "\
+listeners: [ { name: out, address: 127.0.0.1:15001, routes: mesh } ]
+routes:
+  mesh:
+    - cluster: reviews
+      timeout: 2s
+      retry:
+        attempts: 2
+        on: [connect-failure, reset, 5xx, gateway-error, retriable-4xx, \"503\", unavailable, cancelled, deadline-exceeded, resource-exhausted]
+        per_try_timeout: 500ms
+        backoff: { base: 25ms, max: 250ms }
+      rate_limit: { requests_per_second: 100, burst: 200 }
+      fault: { delay: { duration: 100ms, percent: 10 }, abort: { status: 503, percent: 0.5, grpc_status: 14 } }
+clusters:
+  reviews:
+    endpoints: [10.0.0.1:9080]
+    circuit_breaker: { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+    retry_budget: { ratio: 0.2, min_per_second: 10 }
+";
+    let c = load(text).unwrap();
+    let r = &c.routes["mesh"][0];
+    let retry = r.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 2);
+    assert_eq!(retry.on.len(), 10);
+    assert_eq!(r.rate_limit.as_ref().unwrap().burst, Some(200));
+    assert_eq!(
+        r.fault.as_ref().unwrap().abort.as_ref().unwrap().percent,
+        0.5
+    );
+    let cluster = &c.clusters["reviews"];
+    assert_eq!(
+        cluster.circuit_breaker.as_ref().unwrap().max_retries,
+        Some(3)
+    );
+    assert_eq!(cluster.retry_budget.as_ref().unwrap().ratio, 0.2);
+}
+
+#[test]
+fn an_mtls_config_loads() {
+    let text = "\
+identity: { cert: /id/cert.pem, key: /id/key.pem, trust_bundle: /id/ca.pem }
+listeners:
+  - { name: in, address: 127.0.0.1:15006, direction: inbound, routes: local, tls: { mode: strict } }
+  - { name: mixed, address: 127.0.0.1:15007, routes: local, tls: { mode: permissive } }
+  - { name: out, address: 127.0.0.1:15001, routes: mesh, tls: { mode: disabled } }
+routes:
+  local: [ { cluster: local } ]
+  mesh: [ { cluster: reviews } ]
+clusters:
+  local: { endpoints: [127.0.0.1:9000] }
+  reviews:
+    endpoints: [10.0.0.1:15006]
+    tls: { server_identity: spiffe://cluster.local/ns/default/sa/reviews }
+authorization:
+  - allow: { identities: [spiffe://cluster.local/ns/default/sa/frontend], paths: [/api/*], methods: [GET] }
+  - allow: { identities: [\"spiffe://cluster.local/ns/ops/*\", \"*\"], paths: [/healthz, \"*\"] }
+  - allow: {}
+";
+    let c = load(text).unwrap();
+    assert_eq!(c.identity.unwrap().trust_bundle, "/id/ca.pem");
+    assert_eq!(
+        c.clusters["reviews"].tls.as_ref().unwrap().server_identity,
+        "spiffe://cluster.local/ns/default/sa/reviews"
+    );
+    assert_eq!(c.authorization.len(), 3);
+}
+
+#[test]
 fn the_smallest_config_gets_defaults() {
     let c = load(SMALL).unwrap();
     assert_eq!(c.admin.address, "127.0.0.1:15000");
@@ -343,9 +412,9 @@ fn cases() -> Vec<Case> {
             )],
         ),
         (
-            "listener tls",
+            "listener tls without identity",
             small_with("routes: app\n", "routes: app\n    tls: { mode: strict }\n"),
-            vec![(5, 5, "listeners[0].tls: not supported yet")],
+            vec![(5, 5, "listeners[0].tls: mode strict needs `identity:`")],
         ),
         (
             "listener transparent",
@@ -532,28 +601,104 @@ fn cases() -> Vec<Case> {
             )],
         ),
         (
-            "route retry",
+            "route retry values",
+            small_with(
+                "- cluster: app",
+                "- cluster: app\n      retry: { attempts: 11, on: [5xx, \"600\", unavailable, nope], per_try_timeout: 0s, backoff: { base: 100ms, max: 10ms } }",
+            ),
+            vec![
+                (
+                    8,
+                    26,
+                    "routes.app[0].retry.attempts: 11: at most 10 retries",
+                ),
+                (
+                    8,
+                    40,
+                    "routes.app[0].retry.on[1]: unknown retry condition \"600\"",
+                ),
+                (
+                    8,
+                    60,
+                    "routes.app[0].retry.on[3]: unknown retry condition \"nope\"",
+                ),
+                (8, 84, "routes.app[0].retry.per_try_timeout: timeout 0s"),
+                (
+                    8,
+                    117,
+                    "routes.app[0].retry.backoff.max: 10ms is below base 100ms",
+                ),
+            ],
+        ),
+        (
+            "route retry without conditions",
             small_with(
                 "- cluster: app",
                 "- cluster: app\n      retry: { attempts: 2 }",
             ),
-            vec![(8, 7, "routes.app[0].retry: not supported yet")],
+            vec![(8, 7, "routes.app[0].retry: a retry needs `on: [...]`")],
         ),
         (
-            "route rate_limit",
+            "route rate_limit zeros",
             small_with(
                 "- cluster: app",
-                "- cluster: app\n      rate_limit: { requests_per_second: 2 }",
+                "- cluster: app\n      rate_limit: { requests_per_second: 0, burst: 0 }",
             ),
-            vec![(8, 7, "routes.app[0].rate_limit: not supported yet")],
+            vec![
+                (
+                    8,
+                    42,
+                    "routes.app[0].rate_limit.requests_per_second: 0: at least 1",
+                ),
+                (
+                    8,
+                    52,
+                    "routes.app[0].rate_limit.burst: 0: a burst is at least 1",
+                ),
+            ],
         ),
         (
-            "route fault",
+            "route fault values",
             small_with(
                 "- cluster: app",
-                "- cluster: app\n      fault: { abort: { status: 503, percent: 5 } }",
+                "- cluster: app\n      fault: { delay: { duration: 0s, percent: 101 }, abort: { status: 99, percent: -1, grpc_status: 17 } }",
             ),
-            vec![(8, 7, "routes.app[0].fault: not supported yet")],
+            vec![
+                (
+                    8,
+                    35,
+                    "routes.app[0].fault.delay.duration: 0s: a delay is above zero",
+                ),
+                (
+                    8,
+                    48,
+                    "routes.app[0].fault.delay.percent: 101: a percentage from 0 to 100",
+                ),
+                (
+                    8,
+                    72,
+                    "routes.app[0].fault.abort.status: 99: an HTTP status from 200 to 599",
+                ),
+                (
+                    8,
+                    85,
+                    "routes.app[0].fault.abort.percent: -1: a percentage from 0 to 100",
+                ),
+                (
+                    8,
+                    102,
+                    "routes.app[0].fault.abort.grpc_status: 17: a gRPC status code from 0 to 16",
+                ),
+            ],
+        ),
+        (
+            "route empty fault",
+            small_with("- cluster: app", "- cluster: app\n      fault: {}"),
+            vec![(
+                8,
+                7,
+                "routes.app[0].fault: a fault needs `delay: {...}` or `abort: {...}`",
+            )],
         ),
         // --- clusters ---
         (
@@ -606,48 +751,181 @@ fn cases() -> Vec<Case> {
             vec![(11, 22, "clusters.app.connect_timeout: timeout 0s")],
         ),
         (
-            "lb ewma",
-            small_plus("    lb: ewma\n"),
+            "ring_hash without hash_on",
+            small_plus("    lb: ring_hash\n"),
             vec![(
                 11,
                 9,
-                "clusters.app.lb: \"ewma\" not supported yet; round_robin is the only balancer for now",
+                "clusters.app.lb: ring_hash needs `hash_on: { header: NAME }`",
             )],
         ),
         (
-            "cluster refused keys",
-            small_plus(concat!(
-                "    discovery: dns\n",
-                "    dns: a.b:80\n",
-                "    hash_on: { header: x-user }\n",
-                "    tls: { server_identity: spiffe://a/b }\n",
-                "    circuit_breaker: { max_connections: 1 }\n",
-                "    outlier_detection: { consecutive_failures: 5 }\n",
-                "    health_check: { path: /healthz }\n",
-                "    retry_budget: { ratio: 0.2 }\n"
-            )),
+            "hash_on without ring_hash",
+            small_plus("    lb: ewma\n    hash_on: { header: x-user }\n"),
+            vec![(
+                12,
+                5,
+                "clusters.app.hash_on: hash_on applies to `lb: ring_hash` only",
+            )],
+        ),
+        (
+            "hash_on bad header",
+            small_plus("    lb: ring_hash\n    hash_on: { header: \"x user\" }\n"),
+            vec![(
+                12,
+                24,
+                "clusters.app.hash_on.header: \"x user\" is not a valid header name",
+            )],
+        ),
+        (
+            "outlier percent over 100",
+            small_plus("    outlier_detection: { max_ejection_percent: 150 }\n"),
+            vec![(
+                11,
+                48,
+                "clusters.app.outlier_detection.max_ejection_percent: 150: 0 to 100",
+            )],
+        ),
+        (
+            "outlier zero failures",
+            small_plus("    outlier_detection: { consecutive_failures: 0 }\n"),
+            vec![(
+                11,
+                48,
+                "clusters.app.outlier_detection.consecutive_failures: 0: at least 1",
+            )],
+        ),
+        (
+            "health check path",
+            small_plus("    health_check: { path: healthz, interval: 0s }\n"),
+            vec![
+                (
+                    11,
+                    27,
+                    "clusters.app.health_check.path: \"healthz\": a path starts with /",
+                ),
+                (
+                    11,
+                    46,
+                    "clusters.app.health_check.interval: 0s: a time above zero",
+                ),
+            ],
+        ),
+        // One case per refused key, so each can go when its feature lands.
+        (
+            "cluster discovery and dns refused",
+            small_plus(concat!("    discovery: dns\n", "    dns: a.b:80\n")),
             vec![
                 (11, 5, "clusters.app.discovery: not supported yet"),
                 (12, 5, "clusters.app.dns: not supported yet"),
-                (13, 5, "clusters.app.hash_on: not supported yet"),
-                (14, 5, "clusters.app.tls: not supported yet"),
-                (15, 5, "clusters.app.circuit_breaker: not supported yet"),
-                (16, 5, "clusters.app.outlier_detection: not supported yet"),
-                (17, 5, "clusters.app.health_check: not supported yet"),
-                (18, 5, "clusters.app.retry_budget: not supported yet"),
+            ],
+        ),
+        // --- mTLS and authorization ---
+        (
+            "cluster tls without identity",
+            small_plus("    tls: { server_identity: spiffe://a/b }\n"),
+            vec![(11, 5, "clusters.app.tls: needs `identity:`")],
+        ),
+        (
+            "cluster tls server_identity not a SPIFFE ID",
+            small_plus(concat!(
+                "    tls: { server_identity: \"https://a/b\" }\n",
+                "identity: { cert: c, key: k, trust_bundle: t }\n",
+            )),
+            vec![(
+                11,
+                29,
+                "clusters.app.tls.server_identity: \"https://a/b\" is not a SPIFFE ID",
+            )],
+        ),
+        (
+            "cluster tls server_identity with an upper-case trust domain",
+            small_plus(concat!(
+                "    tls: { server_identity: \"spiffe://Cluster.local/x\" }\n",
+                "identity: { cert: c, key: k, trust_bundle: t }\n",
+            )),
+            vec![(11, 29, "the trust domain is lowercase")],
+        ),
+        (
+            "identity with an empty path",
+            small_plus("identity: { cert: \"\", key: k, trust_bundle: t }\n"),
+            vec![(11, 19, "identity.cert: needs the path of a PEM file")],
+        ),
+        (
+            "tcp listener to a cluster with tls",
+            small_with("routes: app\n", "protocol: tcp\n    cluster: app\n")
+                + "    tls: { server_identity: spiffe://a/b }\n"
+                + "identity: { cert: c, key: k, trust_bundle: t }\n",
+            vec![(
+                5,
+                14,
+                "listeners[0].cluster: cluster \"app\" originates mTLS",
+            )],
+        ),
+        (
+            "authorization patterns",
+            small_plus(concat!(
+                "authorization:\n",
+                "  - allow: { identities: [\"spiffe://a/b\", \"web\"], paths: [/a/*, api, \"/a*b\"], methods: [GET, get] }\n",
+            )),
+            vec![
+                (
+                    12,
+                    43,
+                    "authorization[0].allow.identities[1]: \"web\" is not an identity pattern",
+                ),
+                (
+                    12,
+                    65,
+                    "authorization[0].allow.paths[1]: \"api\" is not a path pattern",
+                ),
+                (
+                    12,
+                    70,
+                    "authorization[0].allow.paths[2]: \"/a*b\" is not a path pattern",
+                ),
+                (
+                    12,
+                    94,
+                    "authorization[0].allow.methods[1]: \"get\" is not an HTTP method",
+                ),
+            ],
+        ),
+        (
+            "cluster circuit_breaker zeros",
+            small_plus(
+                "    circuit_breaker: { max_connections: 0, max_requests: 0, max_retries: 0 }\n",
+            ),
+            vec![
+                (
+                    11,
+                    41,
+                    "clusters.app.circuit_breaker.max_connections: 0: at least 1",
+                ),
+                (
+                    11,
+                    58,
+                    "clusters.app.circuit_breaker.max_requests: 0: at least 1",
+                ),
+            ],
+        ),
+        (
+            "cluster retry_budget values",
+            small_plus("    retry_budget: { ratio: -0.5, min_per_second: 4294967295 }\n"),
+            vec![
+                (
+                    11,
+                    28,
+                    "clusters.app.retry_budget.ratio: -0.5: a ratio of retries to requests from 0 to 1000",
+                ),
+                (
+                    11,
+                    50,
+                    "clusters.app.retry_budget.min_per_second: 4294967295: below 2147483647",
+                ),
             ],
         ),
         // --- refused top-level keys ---
-        (
-            "identity",
-            small_plus("identity: { cert: c, key: k, trust_bundle: t }\n"),
-            vec![(11, 1, "identity: not supported yet")],
-        ),
-        (
-            "authorization",
-            small_plus("authorization:\n  - allow: { paths: [/a] }\n"),
-            vec![(11, 1, "authorization: not supported yet")],
-        ),
         (
             "telemetry",
             small_plus("telemetry: { access_log: { format: json } }\n"),
@@ -714,18 +992,18 @@ routes:
 clusters:
   app:
     endpoints: [127.0.0.1]
-    lb: ewma
+    lb: ring_hash
 ";
     let got = errors(text);
     assert_eq!(
         got,
         [
             "skiff.yaml:4:13: listeners[0].routes: unknown route table \"nope\" (known: app)",
-            "skiff.yaml:5:5: listeners[0].tls: not supported yet",
+            "skiff.yaml:5:5: listeners[0].tls: mode strict needs `identity:` (cert, key, trust_bundle), the certificate this workload presents",
             "skiff.yaml:8:16: routes.app[0].cluster: unknown cluster \"ap\" (known: app)",
             "skiff.yaml:9:16: routes.app[0].timeout: timeout 0s: a timeout is above zero",
             "skiff.yaml:12:17: clusters.app.endpoints[0]: \"127.0.0.1\" is not an endpoint address: expected host:port, like 10.0.0.1:9080 or app.default.svc:80",
-            "skiff.yaml:13:9: clusters.app.lb: \"ewma\" not supported yet; round_robin is the only balancer for now",
+            "skiff.yaml:13:9: clusters.app.lb: ring_hash needs `hash_on: { header: NAME }` to know what to hash",
         ]
     );
 }
