@@ -40,9 +40,6 @@ pub struct Avoid(pub usize);
 
 /// How fast a latency estimate forgets (linkerd2-proxy's default).
 const DECAY: Duration = Duration::from_secs(10);
-/// The estimate of an endpoint never heard from: optimistic, so new
-/// endpoints get tried, but not zero, so in-flight still counts.
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// What a failure counts as in the latency estimate.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Points on the hash ring per unit of weight.
@@ -106,17 +103,31 @@ impl EndpointStats {
     }
 
     /// The latency estimate, decayed for the time since its last sample so
-    /// that an endpoint that was slow once and then left alone is tried again.
+    /// that an endpoint that was slow once and then left alone is tried
+    /// again. Zero until the first response.
     pub fn ewma(&self, now: Instant) -> Duration {
         let raw = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         if raw == 0.0 {
-            return DEFAULT_RTT;
+            return Duration::ZERO;
         }
         let idle = self
             .since_born(now)
             .saturating_sub(self.updated_ns.load(Ordering::Relaxed));
         let decayed = raw * (-(idle as f64) / DECAY.as_nanos() as f64).exp();
         Duration::from_nanos(decayed as u64)
+    }
+
+    /// The balancing cost: latency × (in flight + 1). An endpoint never heard
+    /// from costs nothing while idle, so new endpoints are tried at once, but
+    /// the failure penalty once it has requests outstanding, so an endpoint
+    /// that never answers is not flooded (Finagle's rule).
+    pub fn cost(&self, now: Instant) -> f64 {
+        let pending = self.in_flight();
+        let rtt = self.ewma(now);
+        if rtt.is_zero() && pending > 0 {
+            return FAILURE_PENALTY.as_nanos() as f64 * pending as f64;
+        }
+        rtt.as_nanos() as f64 * (pending + 1) as f64
     }
 
     /// Folds in a response time. Peak-sensitive: a sample above the estimate
@@ -236,10 +247,7 @@ impl Balancer {
     ) -> Option<usize> {
         let n = self.endpoints.len();
         match &self.policy {
-            Policy::Ewma => self.p2c(&ok, |i| {
-                let e = &self.endpoints[i];
-                e.ewma(now).as_nanos() as f64 * (e.in_flight() + 1) as f64
-            }),
+            Policy::Ewma => self.p2c(&ok, |i| self.endpoints[i].cost(now)),
             Policy::LeastRequest => self.p2c(&ok, |i| self.endpoints[i].in_flight() as f64),
             Policy::RoundRobin { schedule, next } => {
                 let len = schedule.len();
@@ -411,7 +419,11 @@ mod tests {
     async fn ewma_peaks_then_decays() {
         let e = EndpointStats::new("x".into());
         let t0 = Instant::now();
-        assert_eq!(e.ewma(t0), DEFAULT_RTT);
+        assert_eq!(e.ewma(t0), Duration::ZERO);
+        assert_eq!(e.cost(t0), 0.0, "new and idle: tried first");
+        let held = Arc::new(EndpointStats::new("y".into()));
+        let _pending = held.start();
+        assert_eq!(held.cost(t0), FAILURE_PENALTY.as_nanos() as f64, "new but stuck");
         e.observe(Duration::from_millis(10), false, t0);
         e.observe(Duration::from_millis(100), false, t0);
         assert_eq!(e.ewma(t0), Duration::from_millis(100), "peaks at once");
