@@ -423,7 +423,11 @@ mod tests {
         assert_eq!(e.cost(t0), 0.0, "new and idle: tried first");
         let held = Arc::new(EndpointStats::new("y".into()));
         let _pending = held.start();
-        assert_eq!(held.cost(t0), FAILURE_PENALTY.as_nanos() as f64, "new but stuck");
+        assert_eq!(
+            held.cost(t0),
+            FAILURE_PENALTY.as_nanos() as f64,
+            "new but stuck"
+        );
         e.observe(Duration::from_millis(10), false, t0);
         e.observe(Duration::from_millis(100), false, t0);
         assert_eq!(e.ewma(t0), Duration::from_millis(100), "peaks at once");

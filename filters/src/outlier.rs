@@ -106,8 +106,9 @@ pub fn report(
         .filter(|e| e.outlier.is_ejected(now))
         .count();
     // Envoy's rule: eject only if the cluster stays within the percentage,
-    // counting the one about to go.
-    if (ejected + 1) * 100 > cfg.max_ejection_percent as usize * endpoints.len() {
+    // counting the one about to go; but one endpoint may always go, so the
+    // 10% default still works for small clusters.
+    if ejected > 0 && (ejected + 1) * 100 > cfg.max_ejection_percent as usize * endpoints.len() {
         return false;
     }
     let times = s.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -190,6 +191,24 @@ mod tests {
             report(&c, &e, 1, true, false, now);
         }
         assert!(!e[1].outlier.is_ejected(now), "2 of 3 is over 50%");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_endpoint_may_always_go() {
+        let e = eps(3);
+        let c = cfg(10);
+        let now = Instant::now();
+        for _ in 0..3 {
+            report(&c, &e, 0, true, false, now);
+        }
+        assert!(
+            e[0].outlier.is_ejected(now),
+            "10% of 3 rounds down, yet one may go"
+        );
+        for _ in 0..3 {
+            report(&c, &e, 1, true, false, now);
+        }
+        assert!(!e[1].outlier.is_ejected(now));
     }
 
     #[tokio::test(start_paused = true)]
