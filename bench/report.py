@@ -124,6 +124,7 @@ def main():
         f"{env('V_WRK', '?')} · {env('V_H2LOAD', '?')} · latency: {env('V_OHA', '-') if lat_tool == 'oha' else env('V_H2LOAD', '?')}",
         "",
         f"Medians of {runs} runs × {duration} s per cell. Pinning: {pinning}. "
+        f"Load average (1/5/15 min) before: {env('LOAD_BEFORE', '?')}, after: {env('LOAD_AFTER', '?')}. "
         f"Latency: {lat_tool}, {latc} connections, open loop at {rate} req/s"
         + (" with latency correction (coordinated omission)." if lat_tool == "oha" else "."),
         "",

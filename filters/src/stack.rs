@@ -118,8 +118,9 @@ where
         // The route timeout (or a nearer gRPC `grpc-timeout`) bounds
         // everything below it: every attempt, backoff and per-try timeout.
         .layer(TimeoutLayer::new(route.timeout.map(|d| d.get())))
-        // Header edits run once per request, not once per attempt, and the
-        // response edits also apply to answers the layers below produce.
+        // Header edits run once per request, not once per attempt; response
+        // edits apply to the upstream's answer (Skiff's own error replies
+        // keep only their own headers).
         .layer(HeadersLayer::new(request, response))
         // Retries see each attempt's outcome and the edited request; below
         // them everything happens once per attempt. The cluster's budget
