@@ -20,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
 use crate::circuit_breaker::Permit;
-use crate::error::BoxError;
+use crate::error::{BoxError, ProxyError, Reason};
 use crate::telemetry::Recorder;
 
 /// A request or response body flowing through Skiff.
@@ -33,6 +33,10 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streaming from a peer.
     Incoming(Incoming),
+    /// A request body streaming from the downstream client. Its failures (a
+    /// bad chunk, a client gone mid-body) are the client's doing, so they
+    /// surface as `bad-request`, never as an upstream's `upstream-reset`.
+    Request(Incoming),
     /// A response body whose end (trailers included) completes a telemetry record.
     Recorded(Incoming, Recorder),
     /// A request body that a retry can send again; see [`ReplayBody`].
@@ -106,6 +110,11 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Request(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
+                ProxyError::new(Reason::BadRequest, "the request body broke off")
+                    .with_source(e)
+                    .into()
+            }),
             Body::Recorded(b, rec) => {
                 let polled = Pin::new(b).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -129,7 +138,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Incoming(b) | Body::Recorded(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::Request(b) | Body::Recorded(b, _) => b.is_end_stream(),
             Body::Replay(b) => b.is_end_stream(),
             Body::Peeked { frames, rest } => frames.is_empty() && rest.is_end_stream(),
             Body::Guarded(b, _) => b.is_end_stream(),
@@ -141,7 +150,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(b) | Body::Recorded(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::Request(b) | Body::Recorded(b, _) => b.size_hint(),
             Body::Replay(b) => b.size_hint(),
             Body::Peeked { frames, rest } => {
                 let ahead: u64 = frames

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
+use futures_util::future::{Either, ErrInto, TryFutureExt};
 use http::{Request, Response};
 use prometheus_client::metrics::counter::Counter;
 use skiff_control::model;
@@ -39,6 +40,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 pub const DEFAULT_MAX_REQUESTS: u32 = 1024;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
 /// What a permit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +230,8 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    /// Unboxed without a breaker (no `circuit_breaker:`), the default.
+    type Future = Either<ErrInto<S::Future, BoxError>, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -235,21 +239,20 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(breaker) = &self.breaker else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return Either::Left(self.inner.call(req).err_into());
         };
         // Refused before the inner service sees the request: failing fast is
         // the point, and nothing upstream is touched.
         let permit = match breaker.try_request() {
             Ok(p) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+            Err(e) => return Either::Right(Box::pin(std::future::ready(Err(e.into())))),
         };
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let rsp = fut.await.map_err(Into::into)?;
             // The request stays counted while its body streams.
             Ok(rsp.map(|b| Body::Guarded(Box::new(b), permit)))
-        })
+        }))
     }
 }
 

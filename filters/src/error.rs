@@ -27,6 +27,10 @@ pub enum Reason {
     Timeout,
     RateLimited,
     Forbidden,
+    /// The client's request can't be forwarded: an HTTP/1.1 request without
+    /// `Host`, or a request body that broke off (a bad chunk, a client gone
+    /// mid-body). Never retried, never counted against an endpoint.
+    BadRequest,
     /// Fault injection: the status comes with the fault's config.
     FaultInjected {
         status: u16,
@@ -45,6 +49,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::RateLimited => "rate-limited",
             Reason::Forbidden => "forbidden",
+            Reason::BadRequest => "bad-request",
             Reason::FaultInjected { .. } => "fault-injected",
         }
     }
@@ -59,6 +64,7 @@ impl Reason {
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Forbidden => StatusCode::FORBIDDEN,
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::FaultInjected { status, .. } => {
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -76,6 +82,8 @@ impl Reason {
             Reason::Timeout => 4,
             Reason::RateLimited => 8,
             Reason::Forbidden => 7,
+            // gRPC's mapping of HTTP 400.
+            Reason::BadRequest => 13,
             Reason::FaultInjected {
                 grpc_status: Some(code),
                 ..
@@ -238,12 +246,14 @@ fn render_chain(err: &(dyn StdError + 'static)) -> String {
 
 /// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
 fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -278,6 +288,7 @@ mod tests {
             (Timeout, 504, 4),
             (RateLimited, 429, 8),
             (Forbidden, 403, 7),
+            (BadRequest, 400, 13),
             (
                 FaultInjected {
                     status: 503,

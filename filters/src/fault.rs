@@ -16,10 +16,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{Either, ErrInto, TryFutureExt};
 use skiff_control::model;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, ProxyError, Reason};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 /// Draws a number uniformly from [0, 100); injectable so tests decide the roll.
 pub type Roll = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -105,7 +108,9 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    /// Unboxed when no fault is injected (the common case); boxed only for
+    /// the delays and aborts themselves.
+    type Future = Either<ErrInto<S::Future, BoxError>, BoxFuture<S::Response>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -113,8 +118,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if self.faults.is_noop() {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return Either::Left(self.inner.call(req).err_into());
         }
         let delay = self
             .faults
@@ -128,23 +132,22 @@ where
             .map(|(r, _)| r);
         let Some(delay) = delay else {
             if let Some(reason) = abort {
-                return Box::pin(std::future::ready(Err(aborted(reason))));
+                return Either::Right(Box::pin(std::future::ready(Err(aborted(reason)))));
             }
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return Either::Left(self.inner.call(req).err_into());
         };
         // The inner service was made ready for this call; after the sleep it
         // is used through a clone that is made ready again (tower's rule:
         // the ready one is the one called, so it is swapped in).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             tokio::time::sleep(delay).await;
             if let Some(reason) = abort {
                 return Err(aborted(reason));
             }
             inner.call(req).await.map_err(Into::into)
-        })
+        }))
     }
 }
 

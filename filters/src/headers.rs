@@ -39,15 +39,22 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// must reach the upstream for the switch to happen. `TE: trailers` survives
 /// too: gRPC servers require it and it is the only TE value allowed in HTTP/2.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // Headers listed in Connection are hop-by-hop as well.
+    // Headers listed in Connection are hop-by-hop as well. The usual tokens
+    // (`keep-alive`, `close`, `upgrade`) are skipped: they name no header or
+    // one removed below anyway, so the common request allocates nothing here.
     if headers.contains_key(CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrading && n == UPGRADE))
+            .map(str::trim)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade", ""]
+                    .iter()
+                    .any(|usual| t.eq_ignore_ascii_case(usual))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {
             headers.remove(name);

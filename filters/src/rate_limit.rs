@@ -9,13 +9,13 @@
 //! `requests_per_second`, updated with one compare-and-swap, so no request
 //! ever waits for a lock. Time is tokio's, so paused-time tests drive it.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::Ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{Either, ErrInto, TryFutureExt};
 use prometheus_client::metrics::counter::Counter;
 use skiff_control::model;
 use tokio::time::Instant;
@@ -123,7 +123,8 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    /// No box: admitted or refused, a request costs no allocation here.
+    type Future = Either<Ready<Result<S::Response, BoxError>>, ErrInto<S::Future, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -133,10 +134,9 @@ where
         if let Some(limiter) = &self.limiter
             && let Err(e) = limiter.try_acquire()
         {
-            return Box::pin(std::future::ready(Err(e.into())));
+            return Either::Left(std::future::ready(Err(e.into())));
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Either::Right(self.inner.call(req).err_into())
     }
 }
 

@@ -179,6 +179,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
                         name: name.clone(),
                         direction: l.direction,
                         routes: l.routes.clone().unwrap_or_default(),
+                        header_timeout: l.header_timeout.get(),
                     }),
                     peer: None,
                 },

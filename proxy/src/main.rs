@@ -6,6 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc rather than glibc's malloc: the data path allocates and frees
+/// small objects (headers, futures, buffers) on every request, across
+/// threads, which is where glibc's arenas are slowest. Measured in
+/// docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use skiff_control::Snapshot;
 use tracing::info;
 

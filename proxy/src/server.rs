@@ -2,8 +2,9 @@
 //! through `Handler::handle`: route, the route's filter stack, the upstream.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use http::header::HOST;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,6 +20,7 @@ use tower::ServiceExt;
 use tracing::debug;
 
 use crate::app::Shared;
+use crate::protocol::PrefaceDeadline;
 use crate::shutdown::Watch;
 
 /// What a request needs to know about the listener it arrived on.
@@ -28,6 +30,10 @@ pub struct ListenerCtx {
     pub direction: Direction,
     /// The route table serving this listener.
     pub routes: String,
+    /// `header_timeout`: how long a new connection may take to show its
+    /// protocol (see `protocol::PrefaceDeadline`) and, for HTTP/1, to send
+    /// each request head.
+    pub header_timeout: Duration,
 }
 
 /// Serves requests of one listener; cloned per connection (two `Arc`s,
@@ -49,16 +55,14 @@ impl Handler {
             Instant::now(),
         );
         let grpc = classify::is_grpc(req.headers());
+        if let Some(why) = host_problem(&req) {
+            debug!(listener = %self.listener.name, why, "bad request");
+            return finish(error::reply(Reason::BadRequest, why, grpc), rec);
+        }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         headers::ensure_request_id(req.headers_mut());
-        // Who is asking, for authorization: the listener's direction (rules
-        // apply inbound only) and the mTLS peer, if any.
-        req.extensions_mut().insert(self.listener.direction);
-        if let Some(peer) = &self.peer {
-            req.extensions_mut().insert(peer.clone());
-        }
         debug!(
             listener = %self.listener.name,
             method = %req.method(),
@@ -69,6 +73,16 @@ impl Handler {
 
         let service = {
             let runtime = self.shared.runtime.load();
+            // Who is asking, for authorization: the listener's direction
+            // (rules apply inbound only) and the mTLS peer, if any. Only
+            // when there are rules: each extension costs allocations, and
+            // without rules nothing reads them.
+            if !runtime.snapshot.config.authorization.is_empty() {
+                req.extensions_mut().insert(self.listener.direction);
+                if let Some(peer) = &self.peer {
+                    req.extensions_mut().insert(peer.clone());
+                }
+            }
             match runtime.route(&self.listener.routes, &req) {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
@@ -82,7 +96,7 @@ impl Handler {
             }
         };
 
-        let mut rsp = match service.oneshot(req.map(Body::Incoming)).await {
+        let mut rsp = match service.oneshot(req.map(Body::Request)).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 debug!(listener = %self.listener.name, route = %rec.route, error = %e, "request failed");
@@ -96,6 +110,25 @@ impl Handler {
             tokio::spawn(tunnel(downstream, upstream));
         }
         finish(rsp, rec)
+    }
+}
+
+/// Why a request's `Host` makes it unfit to forward, per RFC 9112 §3.2: an
+/// HTTP/1.1 request must carry exactly one `Host` (an absolute-form target
+/// names its authority itself, so it may go without), and no request may
+/// carry two, which would let the proxy and the upstream see different hosts.
+/// HTTP/1.0 may go without one; HTTP/2 has `:authority`.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() > Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("more than one Host header"),
+        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Some("HTTP/1.1 request without a Host header")
+        }
+        _ => None,
     }
 }
 
@@ -132,6 +165,7 @@ pub async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let io = PrefaceDeadline::new(io, handler.listener.header_timeout);
     let service = service_fn(move |req| {
         let h = handler.clone();
         async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }

@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use skiff_control::model::{self, ClusterProtocol};
 use skiff_filters::balance::{Balancer, EndpointStats, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
-use skiff_filters::error::{BoxError, ProxyError, Reason};
+use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier::{self, OutlierConfig};
 use skiff_filters::stack::ClusterPolicy;
 use skiff_filters::telemetry::Metrics;
@@ -159,7 +159,9 @@ impl Cluster {
             Ok(rsp) => {
                 rsp.status().is_server_error() || classify::grpc_status(rsp.headers()) == Some(14)
             }
-            Err(_) => true,
+            // A request body that broke off is the client's failure, not the
+            // endpoint's: it must not eject a healthy endpoint.
+            Err(e) => e.reason() != Reason::BadRequest,
         };
         self.report(ep, start, failed);
         let mut rsp = result?;
@@ -393,6 +395,16 @@ fn connect_err(ep: &Endpoint, e: hyper::Error) -> ProxyError {
 }
 
 fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
+    // hyper reports a failure of the request body it was sending as its own
+    // error; when that body is the client's (`Body::Request`) and it broke
+    // off, the client is to blame, and the endpoint is not named.
+    if error::proxy_error(&e).is_some_and(|p| p.reason() == Reason::BadRequest) {
+        return ProxyError::new(
+            Reason::BadRequest,
+            format!("request body to {} broke off", ep.address),
+        )
+        .with_source(e);
+    }
     ProxyError::new(
         Reason::UpstreamReset,
         format!("{} failed before a complete response", ep.address),

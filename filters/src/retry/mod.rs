@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{Either, ErrInto, TryFutureExt};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use prometheus_client::metrics::counter::Counter;
@@ -135,23 +136,23 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture;
+    /// Unboxed for routes without a retry policy.
+    type Future = Either<ErrInto<S::Future, BoxError>, BoxFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         self.ctx.budget.deposit();
         let Some(policy) = self.policy.clone() else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return Either::Left(self.inner.call(req).err_into());
         };
         // The ready service takes the first attempt; a clone, made ready
         // again each time, takes the retries.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(send(inner, req, policy, self.ctx.clone()))
+        Either::Right(Box::pin(send(inner, req, policy, self.ctx.clone())))
     }
 }
 

@@ -1,0 +1,858 @@
+//! Malformed or hostile traffic never panics the proxy: it gets the right
+//! HTTP/gRPC status, the connection is handled cleanly, and the same listener
+//! serves a normal request on a new connection afterwards.
+//!
+//! Requests a client library would refuse to send are written as raw bytes:
+//! HTTP/1 by hand, HTTP/2 as hand-made frames with a literal-only HPACK
+//! encoder (enough to send uppercase names and forbidden headers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use integration_tests::body::empty;
+use integration_tests::client::ClientProtocol;
+use integration_tests::{Backend, Client, Listening, Proxy, TcpServer, guard};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The proxy under test and its always-healthy backend: listener `main`
+/// (protocol `listener`, `header_timeout: 200ms`), `GET /alive` to cluster
+/// `good`, `/hold` held by a 60s fault delay (streams that stay open without
+/// touching an upstream), everything else to cluster `app` at `app`.
+async fn start(listener: &str, app: SocketAddr, app_extra: &str) -> (Proxy, Listening) {
+    let good = Backend::auto().spawn().await;
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, protocol: {listener}, header_timeout: 200ms, routes: main }}
+routes:
+  main:
+    - name: alive
+      match: {{ path: {{ exact: /alive }} }}
+      cluster: good
+    - name: hold
+      match: {{ path: {{ exact: /hold }} }}
+      cluster: good
+      fault: {{ delay: {{ duration: 60s, percent: 100 }} }}
+    - cluster: app
+clusters:
+  good: {{ endpoints: [{good}] }}
+  app: {{ endpoints: [{app}] {app_extra} }}
+"#,
+        good = good.addr()
+    );
+    (Proxy::start(&config).await, good)
+}
+
+/// The listener still answers a plain request on a new connection.
+async fn assert_serves(proxy: &Proxy, protocol: ClientProtocol, case: &str) {
+    let mut client = Client::connect(proxy.main(), protocol).await;
+    let rsp = client.get("/alive").await;
+    assert_eq!(
+        rsp.status,
+        StatusCode::OK,
+        "{case}: proxy stopped serving: {rsp:?}"
+    );
+}
+
+/// Reads until the proxy closes (or resets) the connection.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match guard("reading until the proxy closes", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends `request` on a new connection, reads until the proxy closes it.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A proxy that answers early and closes may make the write fail; what
+    // matters is what it answered.
+    let _ = stream.write_all(request).await;
+    String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned()
+}
+
+/// The status code of a raw HTTP/1.x response.
+fn status_of(response: &str) -> Option<u16> {
+    response.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// How many response heads (`HTTP/1.x NNN ...` lines) a raw exchange carried.
+fn responses_in(response: &str) -> usize {
+    response
+        .split("\r\n")
+        .filter(|line| {
+            line.starts_with("HTTP/1.")
+                && line
+                    .get(9..12)
+                    .is_some_and(|code| code.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
+// === HTTP/1 ===
+
+/// Each line: what is wrong, the bytes, the status. 400/414/431 come from
+/// hyper's parser (the request never reaches Skiff's handler); the Host
+/// cases are Skiff's own `bad-request`. None reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http1_requests_are_refused_and_never_forwarded() {
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..101)
+            .map(|i| format!("x-h{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "garbage",
+            b"\x00\x01\x02 not http at all\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "method token",
+            b"GE(T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "version 1.2",
+            b"GET / HTTP/1.2\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "version 2.0 in HTTP/1",
+            b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("no version", b"GET /\r\nHost: x\r\n\r\n".to_vec(), 400),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bare CR in value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bare LF in value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\nb\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "NUL in value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "content-length not a number",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "content-length negative",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two content-lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+                .to_vec(),
+            400,
+        ),
+        (
+            "content-length list",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            "transfer-encoding not chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            "transfer-encoding on HTTP/1.0",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("URI over 64 KiB", long_uri.into_bytes(), 414),
+        ("101 header lines", many_headers.into_bytes(), 431),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    for (case, bytes, status) in cases {
+        let response = exchange(proxy.main(), &bytes).await;
+        assert_eq!(status_of(&response), Some(status), "{case}: {response:?}");
+        assert_eq!(responses_in(&response), 1, "{case}: {response:?}");
+        if case.contains("Host") {
+            assert!(
+                response.contains("skiff-error: bad-request"),
+                "{case}: {response:?}"
+            );
+        }
+        assert_serves(&proxy, ClientProtocol::Http1, case).await;
+    }
+    assert_eq!(
+        app.requests(),
+        0,
+        "a malformed request reached the upstream"
+    );
+
+    // Where HTTP allows it, a missing Host is fine: HTTP/1.0, and an
+    // absolute-form target that names its authority.
+    for (case, bytes) in [
+        ("HTTP/1.0 without Host", &b"GET /ok HTTP/1.0\r\n\r\n"[..]),
+        (
+            "absolute-form without Host",
+            b"GET http://svc.local/ok HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let response = exchange(proxy.main(), bytes).await;
+        assert_eq!(status_of(&response), Some(200), "{case}: {response:?}");
+    }
+    assert_eq!(app.requests(), 2);
+    app.join().await;
+}
+
+/// A request head past hyper's buffer (~400 KiB) gets 431, like a head with
+/// over 100 header lines: the limit is on the header block, not the URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_block_gets_431() {
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(512 * 1024)
+    );
+    let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+    let (mut read, mut write) = stream.split();
+    // The proxy stops reading at its limit: write and read at once.
+    let (_, response) = tokio::join!(async { write.write_all(head.as_bytes()).await }, async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = guard("reading the 431", read.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert_eq!(status_of(&response), Some(431), "{response:?}");
+    assert_serves(&proxy, ClientProtocol::Http1, "after 431").await;
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+/// Content-Length with Transfer-Encoding (in either order): hyper frames the
+/// body by the chunked encoding alone, drops Content-Length, and closes the
+/// connection after the response (RFC 9112 §6.1), so the bytes smuggled after
+/// the chunked body are never read as a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_smuggles_nothing() {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        (
+            "CL then TE",
+            "Content-Length: 44\r\nTransfer-Encoding: chunked",
+        ),
+        (
+            "TE then CL",
+            "Transfer-Encoding: chunked\r\nContent-Length: 44",
+        ),
+        (
+            "CL 0 then TE",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked",
+        ),
+    ];
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    for (i, (case, framing)) in cases.into_iter().enumerate() {
+        let request = format!(
+            "POST /smuggle HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n3\r\nabc\r\n0\r\n\r\n{smuggled}"
+        );
+        let response = exchange(proxy.main(), request.as_bytes()).await;
+        assert_eq!(status_of(&response), Some(200), "{case}: {response:?}");
+        assert_eq!(
+            responses_in(&response),
+            1,
+            "{case}: one request, one response: {response:?}"
+        );
+        assert!(
+            response.to_ascii_lowercase().contains("connection: close"),
+            "{case}: the connection must not be reused: {response:?}"
+        );
+        let body = &response[response.find("\r\n\r\n").unwrap()..];
+        assert!(body.contains("/smuggle"), "{case}: {body}");
+        assert!(!body.contains("/smuggled"), "{case}: {body}");
+        assert!(
+            body.contains("abc"),
+            "{case}: the chunked body is the body: {body}"
+        );
+        assert!(
+            !body.contains("content-length"),
+            "{case}: the upstream must not get both framings: {body}"
+        );
+        assert_eq!(app.requests(), i + 1, "{case}");
+    }
+    assert_serves(&proxy, ClientProtocol::Http1, "after smuggling attempts").await;
+    app.join().await;
+}
+
+/// Each line: a request whose body breaks off, and whether the client then
+/// half-closes. The client is to blame: `400 bad-request` (when an answer
+/// can still be written), and the upstream endpoint is not: with
+/// `consecutive_failures: 1` one failure blamed on it would eject it, and the
+/// next request would get 503 `no-healthy-endpoints`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_breaks_off_is_the_clients_fault() {
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        (
+            "invalid chunk size",
+            format!("{head}zz\r\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+        (
+            "chunk size overflow",
+            format!("{head}ffffffffffffffffff\r\nhello\r\n"),
+            false,
+        ),
+        ("stops mid-chunk", format!("{head}10\r\nhello"), true),
+        (
+            "content-length cut short",
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello".to_owned(),
+            true,
+        ),
+    ];
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start(
+        "auto",
+        app.addr(),
+        ", outlier_detection: { consecutive_failures: 1 }",
+    )
+    .await;
+    for (case, request, half_close) in cases {
+        let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        if half_close {
+            stream.shutdown().await.unwrap();
+        }
+        let response = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+        if !response.is_empty() {
+            assert_eq!(status_of(&response), Some(400), "{case}: {response:?}");
+            assert!(
+                response.contains("skiff-error: bad-request"),
+                "{case}: {response:?}"
+            );
+        }
+        let mut client = Client::http1(proxy.main()).await;
+        let rsp = client.get("/after").await;
+        assert_eq!(
+            rsp.status,
+            StatusCode::OK,
+            "{case}: the endpoint was blamed: {rsp:?}"
+        );
+    }
+    app.join().await;
+}
+
+/// A client that goes away mid-request costs nothing but its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_mid_request() {
+    let cases: [(&str, &[u8]); 3] = [
+        ("mid request line", b"GET /some/pa"),
+        ("mid head", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: "),
+        ("mid preface", b"PRI * HTTP/2.0\r\n\r\nSM"),
+    ];
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    for (case, bytes) in cases {
+        let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        drop(stream);
+        assert_serves(&proxy, ClientProtocol::Http1, case).await;
+        assert_serves(&proxy, ClientProtocol::H2c, case).await;
+    }
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+/// Each line: listener protocol, what the client sends before going quiet.
+/// `header_timeout: 200ms` ends each connection, whether hyper-util is still
+/// sniffing for the h2 preface or hyper is reading an HTTP/1 head; the guard
+/// only turns a hang into a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_by_the_header_timeout() {
+    let cases: [(&str, &[u8]); 8] = [
+        ("auto", b""),
+        ("auto", b"P"),
+        ("auto", b"PRI * HTTP/2.0\r\n"),
+        ("auto", b"GET / HTTP/1.1\r\nHost: x\r\n"),
+        ("http1", b""),
+        ("http1", b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "),
+        ("http2", b""),
+        ("http2", b"PRI * HTTP/2.0\r\n"),
+    ];
+    let app = Backend::auto().spawn().await;
+    for (listener, bytes) in cases {
+        let case = format!(
+            "{listener} listener, sent {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        let (proxy, _good) = start(listener, app.addr(), "").await;
+        let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let started = Instant::now();
+        let response = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "{case}: closed only after {waited:?}"
+        );
+        assert!(
+            response.is_empty() || status_of(&response) == Some(408),
+            "{case}: {response:?}"
+        );
+        let protocol = if listener == "http2" {
+            ClientProtocol::H2c
+        } else {
+            ClientProtocol::Http1
+        };
+        assert_serves(&proxy, protocol, &case).await;
+    }
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+// === HTTP/2 ===
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+const PROTOCOL_ERROR: u32 = 0x1;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+
+/// One HTTP/2 frame as it goes on the wire.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK block of literal fields without indexing (RFC 7541 §6.2.2), no
+/// Huffman: whatever names and values a test wants, uppercase included.
+fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    fn int(out: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            out.push(n as u8);
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        int(&mut out, name.len());
+        out.extend_from_slice(name.as_bytes());
+        int(&mut out, value.len());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// A GET's HEADERS frame for `path` with `extra` fields after the pseudo-headers.
+fn get(stream: u32, path: &str, extra: &[(&str, &str)], flags: u8) -> Vec<u8> {
+    let mut fields = vec![
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "skiff.test"),
+    ];
+    fields.extend_from_slice(extra);
+    frame(HEADERS, flags, stream, &hpack(&fields))
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The error code of a RST_STREAM or GOAWAY.
+    fn code(&self) -> u32 {
+        let at = if self.kind == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+}
+
+/// A raw h2c connection: frames in, frames out, no rules enforced.
+struct RawH2 {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and completes the SETTINGS exchange.
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn = Self {
+            stream,
+            buf: Vec::new(),
+        };
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        conn.send(&hello).await;
+        conn.until(|f| f.kind == SETTINGS && f.flags & ACK == 0)
+            .await
+            .expect("the server's SETTINGS");
+        conn.send(&frame(SETTINGS, ACK, 0, &[])).await;
+        conn
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = usize::from(self.buf[0]) << 16
+                    | usize::from(self.buf[1]) << 8
+                    | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9 + len).collect();
+                    return Some(Frame {
+                        kind: head[3],
+                        flags: head[4],
+                        stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                        payload: head[9..].to_vec(),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match guard("the next HTTP/2 frame", self.stream.read(&mut chunk)).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads up to the first frame `wanted` accepts; `None` at the end.
+    async fn until(&mut self, mut wanted: impl FnMut(&Frame) -> bool) -> Option<Frame> {
+        while let Some(f) = self.next().await {
+            if wanted(&f) {
+                return Some(f);
+            }
+        }
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_preface_followed_by_garbage_gets_goaway() {
+    let app = Backend::auto().spawn().await;
+    for listener in ["auto", "http2"] {
+        let (proxy, _good) = start(listener, app.addr(), "").await;
+        let mut conn = RawH2 {
+            stream: TcpStream::connect(proxy.main()).await.unwrap(),
+            buf: Vec::new(),
+        };
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(b"this is not a frame, only bytes pretending to be one");
+        conn.send(&bytes).await;
+        let goaway = conn.until(|f| f.kind == GOAWAY).await;
+        assert!(goaway.is_some(), "{listener}: closed without GOAWAY");
+        assert!(
+            conn.until(|_| false).await.is_none(),
+            "{listener}: then closed"
+        );
+        assert_serves(&proxy, ClientProtocol::H2c, listener).await;
+    }
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+/// Each line: the extra header fields of a request HTTP/2 forbids, and the
+/// error: a malformed request resets its stream (RFC 9113 §8.1.1), a header
+/// block HPACK cannot even decode into names (uppercase) ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_malformed_requests_are_reset_not_forwarded() {
+    type Case = (&'static str, &'static [(&'static str, &'static str)], u8);
+    let cases: [Case; 6] = [
+        ("uppercase name", &[("X-Upper", "1")], GOAWAY),
+        (
+            "connection: keep-alive",
+            &[("connection", "keep-alive")],
+            RST_STREAM,
+        ),
+        ("keep-alive", &[("keep-alive", "timeout=5")], RST_STREAM),
+        (
+            "transfer-encoding",
+            &[("transfer-encoding", "chunked")],
+            RST_STREAM,
+        ),
+        ("te: gzip", &[("te", "gzip")], RST_STREAM),
+        (
+            "pseudo-header after a field",
+            &[("x-a", "1"), (":path", "/b")],
+            RST_STREAM,
+        ),
+    ];
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    for (case, extra, expected) in cases {
+        let mut conn = RawH2::open(proxy.main()).await;
+        conn.send(&get(1, "/bad", extra, END_STREAM | END_HEADERS))
+            .await;
+        let answer = conn
+            .until(|f| f.kind == GOAWAY || f.kind == RST_STREAM || f.kind == HEADERS)
+            .await
+            .unwrap_or_else(|| panic!("{case}: closed without a word"));
+        assert_eq!(answer.kind, expected, "{case}: {answer:?}");
+        assert_eq!(answer.code(), PROTOCOL_ERROR, "{case}: {answer:?}");
+        if expected == RST_STREAM {
+            assert_eq!(answer.stream, 1, "{case}");
+            // The connection itself lives on: a valid request on stream 3.
+            conn.send(&get(3, "/alive", &[], END_STREAM | END_HEADERS))
+                .await;
+            let rsp = conn.until(|f| f.stream == 3).await.unwrap();
+            assert_eq!(rsp.kind, HEADERS, "{case}: {rsp:?}");
+        }
+        assert_serves(&proxy, ClientProtocol::H2c, case).await;
+    }
+    assert_eq!(
+        app.requests(),
+        0,
+        "a malformed request reached the upstream"
+    );
+    app.join().await;
+}
+
+/// 1100 streams at once, each held open by the `/hold` route: past
+/// `max_concurrent_streams` (1024) each new stream is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_over_the_limit_are_refused() {
+    const STREAMS: u32 = 1100;
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let mut conn = RawH2::open(proxy.main()).await;
+    let mut burst = Vec::new();
+    for i in 0..STREAMS {
+        burst.extend(get(2 * i + 1, "/hold", &[], END_STREAM | END_HEADERS));
+    }
+    conn.send(&burst).await;
+    let mut refused = 0;
+    while refused < STREAMS - 1024 {
+        let f = conn
+            .until(|f| f.kind == RST_STREAM || f.kind == GOAWAY)
+            .await
+            .unwrap_or_else(|| panic!("closed after {refused} refusals"));
+        assert_eq!(f.kind, RST_STREAM, "{f:?}");
+        assert_eq!(f.code(), REFUSED_STREAM, "{f:?}");
+        assert!(
+            f.stream > 2 * 1024,
+            "stream {} is within the limit",
+            f.stream
+        );
+        refused += 1;
+    }
+    assert_serves(&proxy, ClientProtocol::H2c, "after the stream burst").await;
+    drop(conn);
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+/// "Rapid reset" (CVE-2023-44487): streams opened and reset at once, by the
+/// thousand. hyper's limit on streams reset before they were accepted ends
+/// the connection with GOAWAY ENHANCE_YOUR_CALM; the upstream sees at most
+/// the few streams accepted before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_is_cut_off() {
+    const STREAMS: u32 = 5000;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let mut conn = RawH2::open(proxy.main()).await;
+    let mut flood = Vec::new();
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        flood.extend(get(id, "/flood", &[], END_HEADERS));
+        flood.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    // The proxy may hang up mid-flood; that is the point.
+    let _ = conn.stream.write_all(&flood).await;
+    let goaway = conn.until(|f| f.kind == GOAWAY).await;
+    let goaway = goaway.expect("the flood must end in GOAWAY");
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_serves(&proxy, ClientProtocol::H2c, "after the flood").await;
+    assert_serves(&proxy, ClientProtocol::Http1, "after the flood").await;
+    let seen = app.requests();
+    assert!(
+        seen < 100,
+        "the upstream saw {seen} of {STREAMS} reset streams"
+    );
+    app.join().await;
+}
+
+// === gRPC ===
+
+/// Each line: a `grpc-timeout` value the gRPC spec does not allow (or an
+/// absurd one). A malformed value is ignored, as gRPC servers do, and a huge
+/// one is as good as none: the backend answers every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grpc_timeout_is_ignored() {
+    let cases = [
+        "bogus",
+        "",
+        "1",
+        "S",
+        "-1S",
+        "1.5S",
+        " 1S",
+        "999999999S",
+        "99999999H",
+        "18446744073709551616n",
+        "1x",
+    ];
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let mut client = Client::h2c(proxy.main()).await;
+    for value in cases {
+        let rsp = client
+            .request(
+                Request::post("/pkg.Svc/Method")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("grpc-timeout", value)
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(rsp.status, StatusCode::OK, "{value:?}: {rsp:?}");
+        assert_eq!(rsp.header("skiff-error"), None, "{value:?}: {rsp:?}");
+        assert!(rsp.text().contains("grpc-timeout"), "{value:?}: {rsp:?}");
+    }
+    assert_eq!(app.requests(), cases.len());
+    app.join().await;
+}
+
+// === upstream ===
+
+/// Each line: what a broken upstream answers (raw bytes). Every one is
+/// `502 upstream-reset`, and the proxy serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_upstream_responses_are_502_upstream_reset() {
+    let many_headers = format!(
+        "HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+        (0..150)
+            .map(|i| format!("x-h{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let huge_header = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+        "b".repeat(512 * 1024)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"garbage garbage\r\n\r\n".to_vec()),
+        (
+            "status not a number",
+            b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
+            "status out of range",
+            b"HTTP/1.1 1000 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
+            "unknown version",
+            b"HTTP/3.0 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
+            "header without colon",
+            b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
+            "two content-lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+        ),
+        ("150 header lines", many_headers.into_bytes()),
+        ("512 KiB header", huge_header.into_bytes()),
+    ];
+    for (case, answer) in cases {
+        let upstream = TcpServer::spawn(move |mut stream: TcpStream| {
+            let answer = answer.clone();
+            async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(&answer).await;
+                // Hold the connection until the proxy gives up on it.
+                let _ = stream.read(&mut buf).await;
+            }
+        })
+        .await;
+        let (proxy, _good) = start("auto", upstream.addr(), ", protocol: http1").await;
+        for protocol in [ClientProtocol::Http1, ClientProtocol::H2c] {
+            let mut client = Client::connect(proxy.main(), protocol).await;
+            let rsp = client.get("/broken").await;
+            assert_eq!(
+                rsp.status,
+                StatusCode::BAD_GATEWAY,
+                "{case}, {protocol:?}: {rsp:?}"
+            );
+            assert_eq!(
+                rsp.header("skiff-error"),
+                Some("upstream-reset"),
+                "{case}: {rsp:?}"
+            );
+            assert_serves(&proxy, protocol, case).await;
+        }
+        drop(upstream);
+    }
+}
