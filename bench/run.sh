@@ -3,7 +3,7 @@
 # through nginx, on loopback, one worker thread per proxy.
 #
 #   bash bench/run.sh                      # full run: 3 runs x 10s per test, updates docs/benchmarks.md
-#   RUNS=1 DURATION=2 bash bench/run.sh    # smoke run (a minute or two)
+#   RUNS=1 DURATION=2 bash bench/run.sh    # smoke run (about a minute; leaves the docs alone)
 #
 # Knobs (environment):
 #   RUNS=3            runs per test; every cell is the median of these
@@ -20,7 +20,8 @@
 #   NO_INSTALL=1      do not apt-get/cargo install missing tools (fail instead)
 #   SKIP_BUILD=1      do not run `cargo build --release -p skiff`
 #   SKIFF_BIN=PATH    the skiff binary (default target/release/skiff)
-#   UPDATE_DOCS=0     print the table only; leave docs/benchmarks.md alone
+#   UPDATE_DOCS=auto  1: write the table into docs/benchmarks.md; 0: print it only;
+#                     auto (default): write it only for a full run (RUNS>=3, DURATION>=10)
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw tool output)
 #
 # Everything listens on 127.0.0.1 on free ports picked at start; everything
@@ -41,7 +42,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 NO_PIN=${NO_PIN:-0}
 NO_INSTALL=${NO_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
-UPDATE_DOCS=${UPDATE_DOCS:-1}
+UPDATE_DOCS=${UPDATE_DOCS:-auto}
 KEEP_TMP=${KEEP_TMP:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -358,6 +359,9 @@ V_KERNEL=$(uname -r)
 python3 "$ROOT/bench/report.py" "$TMP/values.txt" >"$TMP/table.md"
 echo
 cat "$TMP/table.md"
+if [[ $UPDATE_DOCS == auto ]]; then
+    if ((RUNS >= 3 && DURATION >= 10)); then UPDATE_DOCS=1; else UPDATE_DOCS=0; fi
+fi
 if [[ $UPDATE_DOCS == 1 ]]; then
     python3 - "$DOC" "$TMP/table.md" <<'EOF'
 import sys
