@@ -95,6 +95,12 @@ impl EndpointStats {
 
     /// Whether the balancer may pick this endpoint now.
     pub fn available(&self, now: Instant) -> bool {
+        if self.outlier.take_return(now) {
+            // Back from an ejection: forget the failures that got it ejected
+            // (they would keep its cost high for a minute), so it is tried
+            // at once, like a new endpoint.
+            self.ewma_ns.store(0, Ordering::Relaxed);
+        }
         self.healthy() && !self.outlier.is_ejected(now)
     }
 
@@ -438,6 +444,28 @@ mod tests {
         // A failure counts as the penalty.
         e.observe(Duration::from_millis(1), true, later);
         assert_eq!(e.ewma(later), FAILURE_PENALTY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_back_from_ejection_starts_afresh() {
+        use crate::outlier::{OutlierConfig, report};
+        let (c, stats) = cluster(LbPolicy::Ewma, &[("a:1", 1), ("b:1", 1)]);
+        let b = Balancer::new(&c, stats.clone());
+        let cfg = OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_time: Duration::from_secs(5),
+            max_ejection_percent: 50,
+        };
+        let t0 = Instant::now();
+        stats[0].observe(Duration::from_millis(1), false, t0);
+        stats[1].observe(Duration::from_millis(1), true, t0);
+        assert!(report(&cfg, &stats, 1, true, false, t0));
+        assert_eq!(b.pick(&req(None), t0).unwrap(), 0);
+        let back = t0 + Duration::from_secs(5);
+        // Its 1s failure penalty would still dominate; after the return it
+        // is unsampled and idle, so it wins the next pick.
+        assert_eq!(b.pick(&req(None), back).unwrap(), 1);
+        assert_eq!(stats[1].ewma(back), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

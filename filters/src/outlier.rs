@@ -69,6 +69,18 @@ impl OutlierState {
         until != 0 && to_ns(now) < until
     }
 
+    /// True exactly once after an ejection has run out: the caller that sees
+    /// it returns the endpoint to rotation with a clean slate.
+    pub fn take_return(&self, now: Instant) -> bool {
+        let until = self.until_ns.load(Ordering::Relaxed);
+        until != 0
+            && to_ns(now) >= until
+            && self
+                .until_ns
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     pub fn times_ejected(&self) -> u32 {
         self.times_ejected.load(Ordering::Relaxed)
     }

@@ -209,11 +209,18 @@ fn demo() -> ExitCode {
     exit(runtime(2).and_then(|rt| rt.block_on(skiff::demo::run(shutdown_signal()))))
 }
 
+/// One worker means a current-thread runtime: everything runs on the main
+/// thread, with none of the work-stealing scheduler's cross-thread
+/// bookkeeping, which is what a one-core sidecar wants (nginx's model).
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()?)
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {

@@ -305,8 +305,17 @@ impl Cluster {
                 },
             }
         }
+        // Boxed: connecting (TCP, maybe TLS) is the rare path, and its large
+        // future would otherwise be copied with every request's future.
+        let mut conn = Box::pin(self.new_h1(ep)).await?;
+        let rsp = conn.send_request(req).await.map_err(|e| reset(ep, e))?;
+        self.checkin_h1(ep, conn, upgrading);
+        Ok(rsp)
+    }
+
+    async fn new_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<Body>, ProxyError> {
         let (io, permit) = self.connect_pooled(ep, false).await?;
-        let (mut conn, driver) = http1::Builder::new()
+        let (conn, driver) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| connect_err(ep, e))?;
@@ -316,9 +325,7 @@ impl Cluster {
                 debug!(error = %e, "upstream HTTP/1 connection ended");
             }
         });
-        let rsp = conn.send_request(req).await.map_err(|e| reset(ep, e))?;
-        self.checkin_h1(ep, conn, upgrading);
-        Ok(rsp)
+        Ok(conn)
     }
 
     fn checkout_h1(&self, ep: &Endpoint) -> Option<http1::SendRequest<Body>> {
@@ -357,7 +364,9 @@ impl Cluster {
                 },
             }
         }
-        let mut conn = self.h2_connection(ep).await?;
+        // Boxed for the same reason as `new_h1`: the slow path stays out of
+        // every request's future.
+        let mut conn = Box::pin(self.h2_connection(ep)).await?;
         conn.send_request(req).await.map_err(|e| reset(ep, e))
     }
 
