@@ -7,6 +7,7 @@ mod env;
 pub mod load;
 mod locate;
 pub mod model;
+pub mod source;
 mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
+use skiff_control::source::Update;
 use skiff_control::{Config, Snapshot};
 use skiff_filters::telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -32,6 +33,34 @@ pub struct Shared {
     /// This workload's mTLS identity (`identity:`), loaded once at build and
     /// reloaded in place when its files change; compile new runtimes with it.
     pub identity: Option<Arc<Identity>>,
+}
+
+impl Shared {
+    /// Applies a new config while traffic flows: routes, clusters, filters
+    /// and authorization change at once for new requests; requests in flight
+    /// finish on the config they started with. Endpoints that stay keep their
+    /// balancing and ejection state. Listeners and the admin address are
+    /// bound once: changes to them are reported and wait for a restart.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+        let current = self.runtime.load();
+        let old = &current.snapshot.config;
+        if old.listeners != snapshot.config.listeners || old.admin != snapshot.config.admin {
+            warn!(
+                source = %snapshot.source,
+                "listener or admin changes take effect after a restart; applying the rest"
+            );
+        }
+        let next = Runtime::compile(
+            Arc::new(snapshot),
+            &self.metrics,
+            Some(&current),
+            self.identity.as_ref(),
+        )?;
+        let version = next.snapshot.version;
+        self.runtime.store(Arc::new(next));
+        info!(version, "config applied");
+        Ok(())
+    }
 }
 
 /// Why a config could not be turned into a running proxy.
@@ -66,6 +95,8 @@ pub struct Bound {
     admin_task: JoinHandle<()>,
     /// Polls the identity files for rotation; stopped with the proxy.
     reloader: Option<JoinHandle<()>>,
+    /// Config sources (the file watcher); stopped with the proxy.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Bound {
@@ -89,6 +120,45 @@ impl Bound {
             Some(identity) => identity.reload(),
             None => Ok(false),
         }
+    }
+
+    /// Applies a new config while traffic flows (see `Shared::apply`).
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+        self.shared.apply(snapshot)
+    }
+
+    /// Applies every valid change of the config file at `path` (what `skiff
+    /// run -c FILE` does), counting outcomes in `skiff_config_updates_total`.
+    /// An invalid change is logged, problem by problem, and the last good
+    /// config stays. Stops with the proxy.
+    pub fn watch_file(&mut self, path: std::path::PathBuf, interval: Duration) {
+        let current = self.shared.runtime.load().snapshot.clone();
+        let (mut updates, poller) = skiff_control::source::file::watch(path, &current, interval);
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            while let Some(update) = updates.recv().await {
+                match update {
+                    Update::Valid(snapshot) => {
+                        let source = snapshot.source.clone();
+                        match shared.apply(snapshot) {
+                            Ok(()) => shared.metrics.config_update("file", "applied"),
+                            Err(e) => {
+                                warn!(%source, error = %e, "config change refused; keeping the last good config");
+                                shared.metrics.config_update("file", "rejected");
+                            }
+                        }
+                    }
+                    Update::Invalid(errors) => {
+                        for e in &errors.0 {
+                            warn!(problem = %e, "config change refused; keeping the last good config");
+                        }
+                        shared.metrics.config_update("file", "rejected");
+                    }
+                }
+            }
+            poller.abort();
+        });
+        self.background.push(task);
     }
 
     /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
@@ -120,6 +190,9 @@ impl Bound {
         self.admin_task.abort();
         if let Some(reloader) = &self.reloader {
             reloader.abort();
+        }
+        for task in &self.background {
+            task.abort();
         }
         Ok(())
     }
@@ -210,6 +283,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         drain_timeout,
         admin_task,
         reloader,
+        background: Vec::new(),
     })
 }
 

@@ -193,8 +193,12 @@ fn run(path: &Path) -> ExitCode {
                 config = %serde_json::to_string(&snapshot.config).unwrap_or_default(),
                 "effective config"
             );
-            let bound = skiff::build_from(snapshot).await?;
-            info!("ready");
+            let mut bound = skiff::build_from(snapshot).await?;
+            bound.watch_file(
+                path.to_path_buf(),
+                skiff_control::source::file::POLL_INTERVAL,
+            );
+            info!("ready; watching the config file for changes");
             shutdown_signal().await;
             info!("draining");
             bound.drain();

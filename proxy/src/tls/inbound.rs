@@ -106,7 +106,13 @@ impl Inbound {
             Ok(Err(e)) => {
                 let result = failure(&e);
                 self.count(result);
-                warn!(listener = %self.listener, peer = ?peer_addr, result, error = %e, "mTLS handshake refused");
+                if result == "peer_closed" {
+                    // Port scanners, TCP health checks, impatient clients:
+                    // not worth a warning each.
+                    debug!(listener = %self.listener, peer = ?peer_addr, error = %e, "peer left during the mTLS handshake");
+                } else {
+                    warn!(listener = %self.listener, peer = ?peer_addr, result, error = %e, "mTLS handshake refused");
+                }
                 return None;
             }
             Err(_) => {
@@ -142,8 +148,12 @@ impl Inbound {
 
 /// The `result` label of a failed handshake.
 fn failure(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let Some(err) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
-        return "error";
+        return match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "peer_closed",
+            _ => "error",
+        };
     };
     match err {
         rustls::Error::NoCertificatesPresented => "no_client_cert",

@@ -1,0 +1,128 @@
+//! `skiff run -c FILE` applies valid changes of FILE while traffic flows and
+//! keeps the last good config when a change is invalid.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Response;
+use integration_tests::body::full;
+use integration_tests::{Backend, Client, Listening, guard};
+
+async fn named(name: &'static str) -> Listening {
+    Backend::auto()
+        .fallback(move |_req| async move {
+            Response::builder()
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap()
+        })
+        .spawn()
+        .await
+}
+
+fn config(endpoint: SocketAddr) -> String {
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}
+routes:
+  main:
+    - cluster: app
+clusters:
+  app:
+    endpoints: [{endpoint}]
+"
+    )
+}
+
+/// Polls until `check` holds (the watcher runs on its own clock).
+async fn until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    guard(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+async fn served_by(addr: SocketAddr) -> String {
+    let rsp = Client::http1(addr).await.get("/").await;
+    rsp.header("x-backend").unwrap_or("").to_owned()
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    Client::http1(admin).await.get("/metrics").await.text()
+}
+
+fn write(path: &Path, text: &str) {
+    // Write then rename, as editors and ConfigMap updates do, so the watcher
+    // never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("skiff.yaml");
+    write(&path, &config(a.addr()));
+
+    let snapshot = skiff_control::Snapshot {
+        version: 1,
+        source: path.display().to_string(),
+        config: skiff_control::load_file(&path).unwrap(),
+    };
+    let mut bound = skiff::build_from(snapshot).await.unwrap();
+    bound.watch_file(path.clone(), Duration::from_millis(20));
+    let main = bound.listener_addr("main").unwrap();
+    let admin = bound.admin_addr();
+    assert_eq!(served_by(main).await, "a");
+
+    // A valid change: new requests go to b, without a restart.
+    write(&path, &config(b.addr()));
+    until("the new cluster endpoint to serve", || async {
+        served_by(main).await == "b"
+    })
+    .await;
+    let cfg = Client::http1(admin).await.get("/config").await.json();
+    assert_eq!(cfg["version"], 2);
+    assert_eq!(cfg["source"], path.display().to_string());
+
+    // An invalid change: refused, counted, and b keeps serving.
+    write(&path, "listeners: [ { name: main } ]\n");
+    until("the refusal to be counted", || async {
+        metrics(admin)
+            .await
+            .contains("skiff_config_updates_total{source=\"file\",result=\"rejected\"} 1")
+    })
+    .await;
+    assert_eq!(served_by(main).await, "b");
+    let m = metrics(admin).await;
+    assert!(
+        m.contains("skiff_config_updates_total{source=\"file\",result=\"applied\"} 1"),
+        "{m}"
+    );
+    let cfg = Client::http1(admin).await.get("/config").await.json();
+    assert_eq!(cfg["version"], 2, "the last good config stays");
+
+    // Fixed again: applied as the next version.
+    write(&path, &config(a.addr()));
+    until("the fixed config to serve", || async {
+        served_by(main).await == "a"
+    })
+    .await;
+    let cfg = Client::http1(admin).await.get("/config").await.json();
+    assert_eq!(cfg["version"], 3);
+
+    bound.drain();
+    bound.wait_termination().await.unwrap();
+}
