@@ -140,7 +140,7 @@ impl Bound {
                 match update {
                     Update::Valid(snapshot) => {
                         let source = snapshot.source.clone();
-                        match shared.apply(snapshot) {
+                        match shared.apply(*snapshot) {
                             Ok(()) => shared.metrics.config_update("file", "applied"),
                             Err(e) => {
                                 warn!(%source, error = %e, "config change refused; keeping the last good config");

@@ -54,11 +54,11 @@ pub fn watch(
                 Ok(new) => {
                     version += 1;
                     config = new.clone();
-                    Update::Valid(Snapshot {
+                    Update::Valid(Box::new(Snapshot {
                         version,
                         source: source.clone(),
                         config: new,
-                    })
+                    }))
                 }
                 Err(errors) => Update::Invalid(errors),
             };

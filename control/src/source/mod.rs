@@ -9,6 +9,7 @@ use crate::{ConfigErrors, Snapshot};
 /// source's new content was refused (the last good config stays).
 #[derive(Debug)]
 pub enum Update {
-    Valid(Snapshot),
+    /// Boxed: a config is large and updates are rare.
+    Valid(Box<Snapshot>),
     Invalid(ConfigErrors),
 }
