@@ -40,8 +40,12 @@ pub struct Avoid(pub usize);
 
 /// How fast a latency estimate forgets (linkerd2-proxy's default).
 const DECAY: Duration = Duration::from_secs(10);
-/// What a failure counts as in the latency estimate.
+/// What a failure adds to an endpoint's cost, fading with `PENALTY_DECAY`.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// How fast a failure is forgiven: after ~7s the penalty is below a typical
+/// loopback latency, so a dead endpoint is probed again every few seconds
+/// and a restarted one gets traffic back within seconds, not a minute.
+const PENALTY_DECAY: Duration = Duration::from_secs(1);
 /// Points on the hash ring per unit of weight.
 const RING_POINTS: u32 = 160;
 
@@ -56,6 +60,8 @@ pub struct EndpointStats {
     ewma_ns: AtomicU64,
     /// When the estimate was last updated, in ns since `born`.
     updated_ns: AtomicU64,
+    /// When the last failure happened, in ns since `born`; 0 = never.
+    failed_ns: AtomicU64,
     born: Instant,
     /// Health-check verdict; true until a check says otherwise.
     healthy: AtomicBool,
@@ -69,6 +75,7 @@ impl EndpointStats {
             in_flight: AtomicU64::new(0),
             ewma_ns: AtomicU64::new(0),
             updated_ns: AtomicU64::new(0),
+            failed_ns: AtomicU64::new(0),
             born: Instant::now(),
             healthy: AtomicBool::new(true),
             outlier: OutlierState::default(),
@@ -100,6 +107,7 @@ impl EndpointStats {
             // (they would keep its cost high for a minute), so it is tried
             // at once, like a new endpoint.
             self.ewma_ns.store(0, Ordering::Relaxed);
+            self.failed_ns.store(0, Ordering::Relaxed);
         }
         self.healthy() && !self.outlier.is_ejected(now)
     }
@@ -123,28 +131,42 @@ impl EndpointStats {
         Duration::from_nanos(decayed as u64)
     }
 
-    /// The balancing cost: latency × (in flight + 1). An endpoint never heard
-    /// from costs nothing while idle, so new endpoints are tried at once, but
-    /// the failure penalty once it has requests outstanding, so an endpoint
-    /// that never answers is not flooded (Finagle's rule).
+    /// What the last failure still adds to the cost: the full penalty at
+    /// once, fading exponentially.
+    fn penalty(&self, now: Instant) -> f64 {
+        let failed = self.failed_ns.load(Ordering::Relaxed);
+        if failed == 0 {
+            return 0.0;
+        }
+        let since = self.since_born(now).saturating_sub(failed) as f64;
+        FAILURE_PENALTY.as_nanos() as f64 * (-since / PENALTY_DECAY.as_nanos() as f64).exp()
+    }
+
+    /// The balancing cost: (latency + failure penalty) × (in flight + 1).
+    /// An endpoint never heard from costs nothing while idle, so new
+    /// endpoints are tried at once, but the full penalty per request once it
+    /// has requests outstanding, so an endpoint that never answers is not
+    /// flooded (Finagle's rule).
     pub fn cost(&self, now: Instant) -> f64 {
         let pending = self.in_flight();
         let rtt = self.ewma(now);
         if rtt.is_zero() && pending > 0 {
             return FAILURE_PENALTY.as_nanos() as f64 * pending as f64;
         }
-        rtt.as_nanos() as f64 * (pending + 1) as f64
+        (rtt.as_nanos() as f64 + self.penalty(now)) * (pending + 1) as f64
     }
 
     /// Folds in a response time. Peak-sensitive: a sample above the estimate
     /// replaces it at once, one below it is averaged in with a weight that
     /// grows with the time since the last sample.
+    /// A failure does not enter the estimate (a fast "connection refused"
+    /// would make a dead endpoint look quick); it sets the fading penalty.
     pub fn observe(&self, rtt: Duration, failed: bool, now: Instant) {
-        let rtt = if failed {
-            rtt.max(FAILURE_PENALTY)
-        } else {
-            rtt
-        };
+        if failed {
+            self.failed_ns
+                .store(self.since_born(now).max(1), Ordering::Relaxed);
+            return;
+        }
         let sample = rtt.as_nanos() as f64;
         let at = self.since_born(now);
         let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
@@ -441,9 +463,20 @@ mod tests {
         let later = t0 + DECAY;
         let ms = e.ewma(later).as_secs_f64() * 1000.0;
         assert!((ms - 100.0 / std::f64::consts::E).abs() < 0.01, "{ms}");
-        // A failure counts as the penalty.
+        // A failure leaves the estimate alone and adds a penalty that fades
+        // within seconds.
+        let before = e.ewma(later);
         e.observe(Duration::from_millis(1), true, later);
-        assert_eq!(e.ewma(later), FAILURE_PENALTY);
+        assert_eq!(e.ewma(later), before);
+        let base = before.as_nanos() as f64;
+        let full = e.cost(later) - base;
+        assert!(
+            (full - FAILURE_PENALTY.as_nanos() as f64).abs() < 1.0,
+            "{full}"
+        );
+        let faded = e.cost(later + Duration::from_secs(7))
+            - e.ewma(later + Duration::from_secs(7)).as_nanos() as f64;
+        assert!(faded < 1_000_000.0, "under 1ms after 7s: {faded}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,10 @@ pub struct RequestLabels {
     pub cluster: Arc<str>,
     pub code: u16,
     pub grpc_status: &'static str,
+    /// The caller's SPIFFE ID on mTLS listeners, empty otherwise (Linkerd's
+    /// `client_id`): bounded by the mesh's service accounts, and the first
+    /// thing an operator asks of inbound traffic.
+    pub peer_identity: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -239,6 +243,7 @@ impl Metrics {
                 cluster: r.cluster.clone(),
                 code: r.code,
                 grpc_status: classify::grpc_status_label(r.grpc_status),
+                peer_identity: r.peer_identity.clone(),
             })
             .inc();
         self.durations
@@ -278,6 +283,8 @@ pub struct Recorder {
     pub cluster: Arc<str>,
     pub code: u16,
     pub grpc_status: Option<u32>,
+    /// The mTLS peer's SPIFFE ID, when the listener terminated mTLS.
+    pub peer_identity: Arc<str>,
     start: Instant,
 }
 
@@ -296,6 +303,7 @@ impl Recorder {
             cluster: empty(),
             code: 0,
             grpc_status: None,
+            peer_identity: empty(),
             start,
         }
     }
@@ -356,7 +364,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("skiff_requests_total{direction=\"outbound\",listener=\"public\",route=\"app/0\",cluster=\"app\",code=\"200\",grpc_status=\"5\"} 1"),
+            text.contains("skiff_requests_total{direction=\"outbound\",listener=\"public\",route=\"app/0\",cluster=\"app\",code=\"200\",grpc_status=\"5\",peer_identity=\"\"} 1"),
             "{text}"
         );
         assert!(

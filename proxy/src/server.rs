@@ -54,6 +54,9 @@ impl Handler {
             self.listener.name.clone(),
             Instant::now(),
         );
+        if let Some(peer) = &self.peer {
+            rec.peer_identity = peer.0.clone();
+        }
         let grpc = classify::is_grpc(req.headers());
         if let Some(why) = host_problem(&req) {
             debug!(listener = %self.listener.name, why, "bad request");
