@@ -1,7 +1,28 @@
 # Shared by bench/run.sh and bench/mtls.sh: tools, processes, measurements.
-# Source it after setting the knobs (RUNS, DURATION, H1_CONNS, H2_CONNS,
-# H2_STREAMS, RATE, LAT_CONNS, LAT_TOOL, PROXY_CPU, LOAD_CPU, NO_PIN,
-# NO_INSTALL, KEEP_TMP); it creates $TMP and kills every pid in PIDS on exit.
+# Sourcing it sets the knobs' defaults (the environment overrides them),
+# creates $TMP, and kills every pid in PIDS on exit.
+
+# The knobs, with their defaults (documented at the top of run.sh).
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+H1_CONNS=${H1_CONNS:-50}
+H2_CONNS=${H2_CONNS:-10}
+H2_STREAMS=${H2_STREAMS:-10}
+RATE=${RATE:-2000}
+LAT_CONNS=${LAT_CONNS:-20}
+LAT_TOOL=${LAT_TOOL:-auto}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+NO_PIN=${NO_PIN:-0}
+NO_INSTALL=${NO_INSTALL:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+UPDATE_DOCS=${UPDATE_DOCS:-auto}
+KEEP_TMP=${KEEP_TMP:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SKIFF_BIN=${SKIFF_BIN:-$ROOT/target/release/skiff}
+DOC=$ROOT/docs/benchmarks.md
+TEMPLATES=$ROOT/bench/templates
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -29,29 +29,8 @@
 # the temp dir (never the system service).
 set -euo pipefail
 
-RUNS=${RUNS:-3}
-DURATION=${DURATION:-10}
-H1_CONNS=${H1_CONNS:-50}
-H2_CONNS=${H2_CONNS:-10}
-H2_STREAMS=${H2_STREAMS:-10}
-RATE=${RATE:-2000}
-LAT_CONNS=${LAT_CONNS:-20}
-LAT_TOOL=${LAT_TOOL:-auto}
-PROXY_CPU=${PROXY_CPU:-1}
-LOAD_CPU=${LOAD_CPU:-0}
-NO_PIN=${NO_PIN:-0}
-NO_INSTALL=${NO_INSTALL:-0}
-SKIP_BUILD=${SKIP_BUILD:-0}
-UPDATE_DOCS=${UPDATE_DOCS:-auto}
-KEEP_TMP=${KEEP_TMP:-0}
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SKIFF_BIN=${SKIFF_BIN:-$ROOT/target/release/skiff}
-DOC=$ROOT/docs/benchmarks.md
-TEMPLATES=$ROOT/bench/templates
-
 # shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ------------------------------------------------------------------ main ----
 
