@@ -75,6 +75,12 @@ impl Backend {
         Self::new(Protocol::Auto)
     }
 
+    /// A backend (both protocols) answering every request no route matched
+    /// with [`handlers::named`]: body `name`, header `x-backend: name`.
+    pub fn named(name: &'static str) -> Self {
+        Self::auto().fallback(handlers::named(name))
+    }
+
     /// A backend of `protocol`. Requests with no matching route get
     /// [`handlers::inspect`]'s description, so a test can see what arrived.
     pub fn new(protocol: Protocol) -> Self {

@@ -22,6 +22,21 @@ pub fn text(status: u16, body: &str) -> Response<BoxBody> {
         .unwrap()
 }
 
+/// A handler answering 200 with body `name` and header `x-backend: name`,
+/// so a test with several backends sees which one served each request.
+pub fn named(
+    name: &'static str,
+) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<BoxBody>> + Send + Sync + 'static {
+    move |_req| {
+        std::future::ready(
+            Response::builder()
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap(),
+        )
+    }
+}
+
 /// Describes the request it got as JSON (method, uri, path, version, every
 /// header with all its values, the body as text), so tests see exactly what
 /// the proxy forwarded. Read the answer with [`Seen::from_json`].

@@ -14,6 +14,8 @@
 //! * [`client`]: HTTP/1.1 and h2c clients on one connection, and raw TCP
 //!   helpers for requests hyper would not send;
 //! * [`proxy`]: [`Proxy::start`] builds the proxy from YAML text;
+//! * [`config`]: [`Config`] writes the YAML of the common one-route,
+//!   one-cluster shape, so a test spells out only the keys it is about;
 //! * [`body`]: request bodies (fixed, chunked, large generated ones) and sha256.
 //!
 //! Synchronisation is always by readiness (a bound socket, a message on a
@@ -26,12 +28,14 @@
 pub mod backend;
 pub mod body;
 pub mod client;
+pub mod config;
 pub mod handlers;
 pub mod proxy;
 
 pub use backend::{Backend, Greeter, Listening, TcpServer};
 pub use body::{BoxBody, BoxError, sha256_hex};
 pub use client::{Client, Collected};
+pub use config::Config;
 pub use handlers::{Echo, Gate, Seen};
 pub use proxy::Proxy;
 

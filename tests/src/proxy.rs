@@ -1,6 +1,8 @@
 //! The real proxy, in-process, from YAML text.
 use std::net::SocketAddr;
 
+use crate::{Client, Config};
+
 /// A running proxy built by [`skiff::build`] on the test's runtime.
 pub struct Proxy {
     bound: skiff::Bound,
@@ -23,19 +25,19 @@ impl Proxy {
     }
 
     /// A proxy with one listener `main` (protocol `listener_protocol`)
-    /// routing everything to cluster `app` (protocol `cluster_protocol`) at
-    /// `endpoint`.
+    /// routing everything (route `all`) to cluster `app` (protocol
+    /// `cluster_protocol`) at `endpoint`.
     pub async fn simple(
         listener_protocol: &str,
         cluster_protocol: &str,
         endpoint: SocketAddr,
     ) -> Self {
-        Self::start(&simple_config(
-            listener_protocol,
-            cluster_protocol,
-            endpoint,
-        ))
-        .await
+        Config::to(endpoint)
+            .listener_protocol(listener_protocol)
+            .cluster_protocol(cluster_protocol)
+            .route_name("all")
+            .start()
+            .await
     }
 
     /// The bound address of listener `name`.
@@ -45,7 +47,7 @@ impl Proxy {
             .unwrap_or_else(|| panic!("the proxy has no listener named {name:?}"))
     }
 
-    /// The bound address of listener `main` (the one [`simple_config`] makes).
+    /// The bound address of listener `main` (the one [`Config`] makes).
     pub fn main(&self) -> SocketAddr {
         self.addr("main")
     }
@@ -53,6 +55,11 @@ impl Proxy {
     /// The admin server's bound address.
     pub fn admin(&self) -> SocketAddr {
         self.bound.admin_addr()
+    }
+
+    /// The admin server's `/metrics` text, fetched now.
+    pub async fn metrics(&self) -> String {
+        Client::http1(self.admin()).await.get("/metrics").await.text()
     }
 
     /// Starts a graceful drain, as SIGTERM does.
@@ -66,31 +73,4 @@ impl Proxy {
             .await
             .unwrap_or_else(|e| panic!("wait_termination failed: {e}"));
     }
-}
-
-/// YAML for [`Proxy::simple`]: admin and listener `main` on port 0, route
-/// table `main` with one route named `all` to cluster `app`.
-pub fn simple_config(
-    listener_protocol: &str,
-    cluster_protocol: &str,
-    endpoint: SocketAddr,
-) -> String {
-    format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    protocol: {listener_protocol}
-    routes: main
-routes:
-  main:
-    - name: all
-      cluster: app
-clusters:
-  app:
-    protocol: {cluster_protocol}
-    endpoints: [{endpoint}]
-"#
-    )
 }

@@ -6,36 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::Response;
-use integration_tests::body::full;
-use integration_tests::{Backend, Client, Listening, guard};
-
-async fn named(name: &'static str) -> Listening {
-    Backend::auto()
-        .fallback(move |_req| async move {
-            Response::builder()
-                .header("x-backend", name)
-                .body(full(name))
-                .unwrap()
-        })
-        .spawn()
-        .await
-}
-
-fn config(endpoint: SocketAddr) -> String {
-    format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-clusters:
-  app:
-    endpoints: [{endpoint}]
-"
-    )
-}
+use integration_tests::{Backend, Client, Config, guard};
 
 /// Polls until `check` holds (the watcher runs on its own clock).
 async fn until<F, Fut>(what: &str, check: F)
@@ -70,11 +41,11 @@ fn write(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
-    let a = named("a").await;
-    let b = named("b").await;
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("skiff.yaml");
-    write(&path, &config(a.addr()));
+    write(&path, &Config::to(a.addr()).yaml());
 
     let snapshot = skiff_control::Snapshot {
         version: 1,
@@ -88,7 +59,7 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     assert_eq!(served_by(main).await, "a");
 
     // A valid change: new requests go to b, without a restart.
-    write(&path, &config(b.addr()));
+    write(&path, &Config::to(b.addr()).yaml());
     until("the new cluster endpoint to serve", || async {
         served_by(main).await == "b"
     })
@@ -115,7 +86,7 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     assert_eq!(cfg["version"], 2, "the last good config stays");
 
     // Fixed again: applied as the next version.
-    write(&path, &config(a.addr()));
+    write(&path, &Config::to(a.addr()).yaml());
     until("the fixed config to serve", || async {
         served_by(main).await == "a"
     })

@@ -146,7 +146,12 @@ pub fn spawn_reloader(identity: Arc<Identity>, every: Duration) -> JoinHandle<()
         let mut last_error: Option<String> = None;
         loop {
             tick.tick().await;
-            match identity.reload() {
+            // File reads block: keep them off the runtime's worker threads.
+            let id = identity.clone();
+            let Ok(result) = tokio::task::spawn_blocking(move || id.reload()).await else {
+                continue;
+            };
+            match result {
                 Ok(_) => last_error = None,
                 Err(e) => {
                     let text = e.to_string();
