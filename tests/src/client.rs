@@ -1,4 +1,5 @@
-//! Clients: HTTP/1.1 and h2c over one connection each, and raw TCP helpers.
+//! Clients: HTTP/1.1 and h2c over one connection each, raw TCP helpers,
+//! and a tonic client for the demo greeter.
 //!
 //! Built on `hyper::client::conn` rather than a pooling client so a test
 //! controls the connection (how many, which protocol) and the request
@@ -12,8 +13,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use skiff_examples::pb::greeter_client::GreeterClient;
+use skiff_examples::pb::{HelloReply, HelloRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::transport::Channel;
 
 use crate::body::{BoxBody, empty};
 use crate::handlers::Seen;
@@ -261,4 +265,31 @@ pub async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
         );
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+// === gRPC ===
+
+/// A tonic client for the demo greeter, connected to `addr` (a proxy
+/// listener, usually).
+pub async fn greeter_client(addr: SocketAddr) -> GreeterClient<Channel> {
+    GreeterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// A greeter request for `name`; `count` is how many replies a
+/// server-streaming call gets (0 elsewhere).
+pub fn hello(name: &str, count: u32) -> HelloRequest {
+    HelloRequest {
+        name: name.to_owned(),
+        count,
+    }
+}
+
+/// One guarded unary `SayHello { name }` on a new connection to `addr`.
+pub async fn say_hello(addr: SocketAddr, name: &str) -> Result<HelloReply, tonic::Status> {
+    let mut client = greeter_client(addr).await;
+    crate::guard("SayHello", client.say_hello(hello(name, 0)))
+        .await
+        .map(tonic::Response::into_inner)
 }

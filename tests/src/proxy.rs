@@ -59,7 +59,11 @@ impl Proxy {
 
     /// The admin server's `/metrics` text, fetched now.
     pub async fn metrics(&self) -> String {
-        Client::http1(self.admin()).await.get("/metrics").await.text()
+        Client::http1(self.admin())
+            .await
+            .get("/metrics")
+            .await
+            .text()
     }
 
     /// Starts a graceful drain, as SIGTERM does.

@@ -2,10 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use http::StatusCode;
-use integration_tests::client::ClientProtocol;
+use integration_tests::client::{ClientProtocol, say_hello};
 use integration_tests::{Backend, Client, Listening, Proxy};
-use skiff_examples::pb::HelloRequest;
-use skiff_examples::pb::greeter_client::GreeterClient;
 
 /// A proxy with a named route to an HTTP backend, a second route to a
 /// greeter, and a route with no match for anything but `/nothing-here`.
@@ -64,6 +62,13 @@ fn sample<'a>(metrics: &'a str, name: &str, with: &[&str]) -> Option<&'a str> {
     })
 }
 
+/// The value of a sample line [`sample`] found.
+fn value(line: Option<&str>) -> f64 {
+    line.and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_traffic() {
     let (proxy, backend, _greeter) = setup().await;
@@ -76,16 +81,7 @@ async fn metrics_after_traffic() {
             StatusCode::NOT_FOUND
         );
     }
-    let mut greeter = GreeterClient::connect(format!("http://{}", proxy.addr("edge")))
-        .await
-        .unwrap();
-    greeter
-        .say_hello(HelloRequest {
-            name: "m".into(),
-            count: 0,
-        })
-        .await
-        .unwrap();
+    say_hello(proxy.addr("edge"), "m").await.unwrap();
 
     let mut admin = Client::http1(proxy.admin()).await;
     let rsp = admin.get("/metrics").await;
@@ -150,20 +146,18 @@ async fn metrics_after_traffic() {
         );
     }
     // Two HTTP clients and tonic opened at least three connections.
-    let total: f64 = sample(&metrics, "skiff_connections_total", &[r#"listener="edge""#])
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let total = value(sample(
+        &metrics,
+        "skiff_connections_total",
+        &[r#"listener="edge""#],
+    ));
     assert!(total >= 3.0, "connections_total {total}");
     // Two successful web requests, one per protocol.
-    let web: f64 = sample(
+    let web = value(sample(
         &metrics,
         "skiff_requests_total",
         &[r#"route="table/web""#, r#"code="200""#],
-    )
-    .and_then(|l| l.rsplit(' ').next())
-    .and_then(|v| v.parse().ok())
-    .unwrap();
+    ));
     assert_eq!(web, 2.0, "\n{metrics}");
     backend.join().await;
 }

@@ -5,11 +5,10 @@
 use http::{Request, StatusCode};
 use integration_tests::backend::Protocol;
 use integration_tests::body::{chunked, full, pattern, sha256_hex, streamed};
-use integration_tests::client::{ClientProtocol, raw_exchange};
+use integration_tests::client::{ClientProtocol, greeter_client, raw_exchange};
 use integration_tests::handlers::Received;
 use integration_tests::{Backend, Client, Echo, Greeter, Proxy, guard};
 use skiff_examples::pb::HelloRequest;
-use skiff_examples::pb::greeter_client::GreeterClient;
 
 const EIGHT_MIB: usize = 8 * 1024 * 1024;
 
@@ -156,9 +155,7 @@ async fn grpc_streams_eight_mib_in_chunks() {
 
     let greeter = Greeter::spawn("big").await;
     let proxy = Proxy::simple("auto", "auto", greeter.addr()).await;
-    let mut client = GreeterClient::connect(format!("http://{}", proxy.main()))
-        .await
-        .unwrap();
+    let mut client = greeter_client(proxy.main()).await;
     let requests = tokio_stream::iter(
         names
             .into_iter()

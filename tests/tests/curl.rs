@@ -1,7 +1,7 @@
 //! The real `curl` through the proxy: what users try first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use integration_tests::{Backend, Proxy, guard};
+use integration_tests::{Backend, Config, guard};
 
 /// A parsed `curl -sS -i` output: the status line's version and code, the
 /// headers (lowercase names) and the body.
@@ -71,23 +71,12 @@ async fn curl_over_http1_and_h2_prior_knowledge() {
         })
         .spawn()
         .await;
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - name: hello
-      match: {{ path: {{ prefix: /hello }} }}
-      cluster: app
-      headers: {{ response: {{ set: {{ x-via: skiff }} }} }}
-clusters:
-  app: {{ endpoints: [{}] }}
-"#,
-        backend.addr()
-    );
-    let proxy = Proxy::start(&config).await;
+    let proxy = Config::to(backend.addr())
+        .route_name("hello")
+        .route("match: { path: { prefix: /hello } }")
+        .route("headers: { response: { set: { x-via: skiff } } }")
+        .start()
+        .await;
     let base = format!("http://{}", proxy.main());
 
     // (curl flags, status-line version)

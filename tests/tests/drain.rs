@@ -6,25 +6,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use integration_tests::{Backend, Client, Gate, Proxy, guard};
+use integration_tests::{Backend, Client, Config, Gate, guard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn config(backend: SocketAddr, drain_timeout: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-runtime: {{ drain_timeout: {drain_timeout} }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-clusters:
-  app: {{ endpoints: [{backend}] }}
-"#
-    )
-}
 
 /// A new connection to `addr` is refused, or closed without an answer.
 async fn assert_not_served(addr: SocketAddr) {
@@ -51,7 +35,7 @@ async fn assert_not_served(addr: SocketAddr) {
 async fn in_flight_requests_finish_and_new_connections_are_refused() {
     let gate = Gate::new();
     let backend = Backend::auto().route("/slow", gate.handler()).spawn().await;
-    let proxy = Proxy::start(&config(backend.addr(), "5s")).await;
+    let proxy = Config::to(backend.addr()).drain_timeout("5s").start().await;
     let admin = proxy.admin();
     assert_eq!(
         Client::http1(admin).await.get("/ready").await.status,
@@ -103,7 +87,10 @@ async fn drain_timeout_ends_a_request_that_never_finishes() {
         .route("/stuck", gate.handler())
         .spawn()
         .await;
-    let proxy = Proxy::start(&config(backend.addr(), "300ms")).await;
+    let proxy = Config::to(backend.addr())
+        .drain_timeout("300ms")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let stuck = tokio::spawn(async move {
         let req = http::Request::get("/stuck")

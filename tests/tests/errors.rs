@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 use http::{Request, StatusCode};
 use integration_tests::backend::{blackhole, closed_port};
 use integration_tests::body::{empty, full};
-use integration_tests::client::ClientProtocol;
-use integration_tests::{Backend, Client, Listening, Proxy, TcpServer, guard, handlers};
-use skiff_examples::pb::HelloRequest;
-use skiff_examples::pb::greeter_client::GreeterClient;
+use integration_tests::client::{ClientProtocol, say_hello};
+use integration_tests::{Backend, Client, Config, Listening, Proxy, TcpServer, guard, handlers};
 use tonic::Code;
 
 /// A way for a request to fail at the proxy.
@@ -52,20 +50,7 @@ async fn setup(failure: Failure) -> (Proxy, Option<Listening>) {
             (backend.addr(), Some(backend), "timeout: 300ms")
         }
     };
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-      {route}
-clusters:
-  app: {{ endpoints: [{endpoint}] }}
-"#
-    );
-    (Proxy::start(&config).await, upstream)
+    (Config::to(endpoint).route(route).start().await, upstream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,18 +103,7 @@ async fn grpc_errors_are_trailers_only_with_the_mapped_status() {
         let (proxy, upstream) = setup(failure).await;
 
         // Through tonic: the status and the header, as metadata.
-        let mut greeter = GreeterClient::connect(format!("http://{}", proxy.main()))
-            .await
-            .unwrap();
-        let status = guard(
-            "a failing gRPC call",
-            greeter.say_hello(HelloRequest {
-                name: "x".into(),
-                count: 0,
-            }),
-        )
-        .await
-        .unwrap_err();
+        let status = say_hello(proxy.main(), "x").await.unwrap_err();
         assert_eq!(status.code(), code, "{failure:?}: {status:?}");
         assert!(
             !status.message().is_empty(),
@@ -182,21 +156,10 @@ async fn grpc_errors_are_trailers_only_with_the_mapped_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_bounds_a_hanging_connect() {
     let (endpoint, _blackhole) = blackhole().await;
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-clusters:
-  app:
-    connect_timeout: 150ms
-    endpoints: [{endpoint}]
-"#
-    );
-    let proxy = Proxy::start(&config).await;
+    let proxy = Config::to(endpoint)
+        .cluster("connect_timeout: 150ms")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let started = Instant::now();
     let rsp = client.get("/slow-connect").await;
@@ -227,21 +190,10 @@ async fn route_timeout_bounds_time_to_response_headers_only() {
         })
         .spawn()
         .await;
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-      timeout: 200ms
-clusters:
-  app: {{ endpoints: [{}] }}
-"#,
-        backend.addr()
-    );
-    let proxy = Proxy::start(&config).await;
+    let proxy = Config::to(backend.addr())
+        .route("timeout: 200ms")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let rsp = guard(
         "response headers",

@@ -2,9 +2,10 @@
 //! four call kinds, metadata both ways, and statuses passed through intact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use integration_tests::client::{greeter_client, hello};
 use integration_tests::{Greeter, Proxy, guard};
+use skiff_examples::pb::HelloReply;
 use skiff_examples::pb::greeter_client::GreeterClient;
-use skiff_examples::pb::{HelloReply, HelloRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -23,9 +24,7 @@ struct Setup {
 async fn setup(listener: &str, cluster: &str) -> Setup {
     let greeter = Greeter::spawn("g1").await;
     let proxy = Proxy::simple(listener, cluster, greeter.addr()).await;
-    let client = GreeterClient::connect(format!("http://{}", proxy.main()))
-        .await
-        .unwrap();
+    let client = greeter_client(proxy.main()).await;
     Setup {
         client,
         _proxy: proxy,
@@ -33,29 +32,57 @@ async fn setup(listener: &str, cluster: &str) -> Setup {
     }
 }
 
-fn hello(name: &str, count: u32) -> HelloRequest {
-    HelloRequest {
-        name: name.to_owned(),
-        count,
-    }
+/// `message` with `x-echo: value`, which the greeter sends back as metadata.
+fn with_echo<T>(message: T, value: &'static str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-echo", value.parse().unwrap());
+    request
+}
+
+/// The greeter sent `x-echo: value` back: request metadata reached the
+/// server, and response metadata came back.
+fn assert_echoed<T>(response: &tonic::Response<T>, value: &str, case: &str) {
+    assert_eq!(
+        response.metadata().get("x-echo").unwrap(),
+        value,
+        "{case}: request metadata reached the server and came back"
+    );
+}
+
+/// `status` is the greeter's own answer to a requested `code`: code,
+/// message and trailer intact, and not marked as the proxy's.
+fn assert_greeter_status(status: &tonic::Status, code: Code, case: &str) {
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert_eq!(
+        status.message(),
+        format!("requested status {}", code as i32),
+        "{case}"
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-error-detail")
+            .and_then(|v| v.to_str().ok()),
+        Some("requested"),
+        "{case}: the server's trailer survives: {status:?}"
+    );
+    assert!(
+        status.metadata().get("skiff-error").is_none(),
+        "{case}: the server's error is not the proxy's: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_call_with_metadata_both_ways() {
     for (listener, cluster) in PROTOCOLS {
         let mut s = setup(listener, cluster).await;
-        let mut request = Request::new(hello("world", 0));
-        request
-            .metadata_mut()
-            .insert("x-echo", "ping".parse().unwrap());
+        let request = with_echo(hello("world", 0), "ping");
         let response = guard("SayHello", s.client.say_hello(request))
             .await
             .unwrap();
-        assert_eq!(
-            response.metadata().get("x-echo").unwrap(),
-            "ping",
-            "{listener}/{cluster}: request metadata reached the server and came back"
-        );
+        assert_echoed(&response, "ping", &format!("{listener}/{cluster}"));
         assert_eq!(
             response.into_inner(),
             HelloReply {
@@ -70,14 +97,11 @@ async fn unary_call_with_metadata_both_ways() {
 async fn server_streaming_call() {
     for (listener, cluster) in PROTOCOLS {
         let mut s = setup(listener, cluster).await;
-        let mut request = Request::new(hello("stream", 5));
-        request
-            .metadata_mut()
-            .insert("x-echo", "s".parse().unwrap());
+        let request = with_echo(hello("stream", 5), "s");
         let response = guard("SayHelloStream", s.client.say_hello_stream(request))
             .await
             .unwrap();
-        assert_eq!(response.metadata().get("x-echo").unwrap(), "s");
+        assert_echoed(&response, "s", &format!("{listener}/{cluster}"));
         let mut stream = response.into_inner();
         let mut messages = Vec::new();
         while let Some(reply) = guard("next reply", stream.message()).await.unwrap() {
@@ -92,14 +116,12 @@ async fn server_streaming_call() {
 async fn client_streaming_call() {
     for (listener, cluster) in PROTOCOLS {
         let mut s = setup(listener, cluster).await;
-        let mut request = Request::new(tokio_stream::iter(["a", "b", "c"].map(|n| hello(n, 0))));
-        request
-            .metadata_mut()
-            .insert("x-echo", "c".parse().unwrap());
+        let messages = tokio_stream::iter(["a", "b", "c"].map(|n| hello(n, 0)));
+        let request = with_echo(messages, "c");
         let response = guard("CollectHellos", s.client.collect_hellos(request))
             .await
             .unwrap();
-        assert_eq!(response.metadata().get("x-echo").unwrap(), "c");
+        assert_echoed(&response, "c", &format!("{listener}/{cluster}"));
         assert_eq!(
             response.into_inner().message,
             "Hello, a, b, c!",
@@ -114,12 +136,9 @@ async fn bidi_streaming_is_interactive() {
         let mut s = setup(listener, cluster).await;
         let (tx, rx) = mpsc::channel(1);
         tx.send(hello("one", 0)).await.unwrap();
-        let mut request = Request::new(ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("x-echo", "chat".parse().unwrap());
+        let request = with_echo(ReceiverStream::new(rx), "chat");
         let response = guard("Chat", s.client.chat(request)).await.unwrap();
-        assert_eq!(response.metadata().get("x-echo").unwrap(), "chat");
+        assert_echoed(&response, "chat", &format!("{listener}/{cluster}"));
         let mut replies = response.into_inner();
         // Each reply comes back while the request stream is still open: the
         // proxy must not wait for the client's half-close.
@@ -159,30 +178,10 @@ async fn non_ok_statuses_pass_through_intact() {
     let mut s = setup("auto", "auto").await;
     for code in codes {
         let name = format!("status:{}", code as i32);
-        let check = |status: tonic::Status, call: &str| {
-            assert_eq!(status.code(), code, "{call}: {status:?}");
-            assert_eq!(
-                status.message(),
-                format!("requested status {}", code as i32),
-                "{call}"
-            );
-            assert_eq!(
-                status
-                    .metadata()
-                    .get("x-error-detail")
-                    .and_then(|v| v.to_str().ok()),
-                Some("requested"),
-                "{call}: the server's trailer survives: {status:?}"
-            );
-            assert!(
-                status.metadata().get("skiff-error").is_none(),
-                "{call}: the server's error is not the proxy's: {status:?}"
-            );
-        };
         let status = guard("SayHello", s.client.say_hello(hello(&name, 0)))
             .await
             .unwrap_err();
-        check(status, "unary");
+        assert_greeter_status(&status, code, "unary");
         let status = guard(
             "CollectHellos",
             s.client
@@ -190,7 +189,7 @@ async fn non_ok_statuses_pass_through_intact() {
         )
         .await
         .unwrap_err();
-        check(status, "client streaming");
+        assert_greeter_status(&status, code, "client streaming");
     }
 }
 
@@ -214,21 +213,7 @@ async fn mid_stream_error_after_a_first_message() {
             "{listener}/{cluster}"
         );
         let status = guard("the error", stream.message()).await.unwrap_err();
-        assert_eq!(
-            status.code(),
-            Code::Unavailable,
-            "{listener}/{cluster}: {status:?}"
-        );
-        assert_eq!(status.message(), "requested status 14");
-        assert_eq!(
-            status
-                .metadata()
-                .get("x-error-detail")
-                .and_then(|v| v.to_str().ok()),
-            Some("requested"),
-            "{listener}/{cluster}: {status:?}"
-        );
-        assert!(status.metadata().get("skiff-error").is_none(), "{status:?}");
+        assert_greeter_status(&status, Code::Unavailable, &format!("{listener}/{cluster}"));
 
         // Bidi: one good reply, then the requested error ends the chat.
         let requests = tokio_stream::iter([hello("one", 0), hello("status:7", 0), hello("x", 0)]);

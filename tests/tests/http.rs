@@ -8,7 +8,7 @@ use http::{Request, StatusCode, Version};
 use integration_tests::backend::Protocol;
 use integration_tests::body::{empty, full};
 use integration_tests::client::ClientProtocol;
-use integration_tests::{Backend, Client, Proxy, guard, handlers};
+use integration_tests::{Backend, Client, Config, Proxy, guard, handlers};
 
 /// Each line: listener protocol, client protocol, cluster protocol, backend
 /// protocol, and the HTTP version the backend must see.
@@ -229,24 +229,11 @@ async fn round_robin_over_static_endpoints() {
         Backend::http1().spawn().await,
         Backend::http1().spawn().await,
     ];
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-clusters:
-  app:
-    lb: round_robin
-    endpoints: [{}, {}, {}]
-"#,
-        backends[0].addr(),
-        backends[1].addr(),
-        backends[2].addr()
-    );
-    let proxy = Proxy::start(&config).await;
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr()).collect();
+    let proxy = Config::over(&addrs)
+        .cluster("lb: round_robin")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     for _ in 0..30 {
         assert_eq!(client.get("/rr").await.status, StatusCode::OK);

@@ -12,14 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use integration_tests::client::say_hello;
 use integration_tests::{Backend, Client, Greeter, Listening, guard};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use skiff::certs::{Ca, Pair, Validity, write_workload};
-use skiff_examples::pb::HelloRequest;
-use skiff_examples::pb::greeter_client::GreeterClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -209,19 +208,7 @@ async fn http1_http2_and_grpc_cross_two_skiffs_over_mtls() {
         "HTTP/2 end to end, h2 over mTLS between the Skiffs"
     );
 
-    let mut grpc = GreeterClient::connect(format!("http://{out}"))
-        .await
-        .unwrap();
-    let reply = guard(
-        "SayHello",
-        grpc.say_hello(HelloRequest {
-            name: "mesh".into(),
-            count: 0,
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let reply = say_hello(out, "mesh").await.unwrap();
     assert_eq!(reply.message, "Hello, mesh!");
 
     let text = metrics(&m.b).await;
@@ -234,9 +221,7 @@ async fn http1_http2_and_grpc_cross_two_skiffs_over_mtls() {
 /// `Err` when the handshake, the write or the read fails.
 async fn tls_get(addr: SocketAddr, client: Option<&Path>, alpn: &[u8]) -> Result<String, String> {
     let (config, _) = client_config(client, alpn);
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("skiff.test").unwrap(), tcp)
+    let mut tls = tls_connect(addr, config)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tls.write_all(b"GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
@@ -251,6 +236,18 @@ async fn tls_get(addr: SocketAddr, client: Option<&Path>, alpn: &[u8]) -> Result
         return Err("closed without an answer".into());
     }
     Ok(text)
+}
+
+/// A TLS handshake as the test peer `config` describes, over a new
+/// connection to `addr`.
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(config)
+        .connect(ServerName::try_from("skiff.test").unwrap(), tcp)
+        .await
 }
 
 /// What the server presented, for the rotation test.
@@ -455,18 +452,7 @@ async fn authorization_admits_one_identity_and_refuses_another() {
     }
 
     // gRPC callers get PERMISSION_DENIED.
-    let mut grpc = GreeterClient::connect(format!("http://{c_out}"))
-        .await
-        .unwrap();
-    let status = guard(
-        "SayHello",
-        grpc.say_hello(HelloRequest {
-            name: "x".into(),
-            count: 0,
-        }),
-    )
-    .await
-    .unwrap_err();
+    let status = say_hello(c_out, "x").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
@@ -513,11 +499,7 @@ async fn tls_client(
     Presented,
 ) {
     let (config, presented) = client_config(Some(client), b"http/1.1");
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("skiff.test").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, config).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .unwrap();

@@ -13,54 +13,11 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use integration_tests::body::{self, empty, full};
-use integration_tests::{Backend, Client, Gate, Greeter, Listening, Proxy, guard, handlers};
-use skiff_examples::pb::HelloRequest;
-use skiff_examples::pb::greeter_client::GreeterClient;
+use integration_tests::client::{greeter_client, hello};
+use integration_tests::{
+    Backend, Client, Config, Gate, Greeter, Listening, Proxy, guard, handlers,
+};
 use tonic::Code;
-
-/// One listener `main` → route table `main` (one route, `route_extra` keys)
-/// → cluster `app` (`cluster_extra` keys) over `endpoints`.
-fn config(route_extra: &str, cluster_extra: &str, endpoints: &[SocketAddr]) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
-    format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-{}
-clusters:
-  app:
-    endpoints: [{}]
-{}
-",
-        indent(route_extra, 6),
-        endpoints.join(", "),
-        indent(cluster_extra, 4)
-    )
-}
-
-fn indent(text: &str, by: usize) -> String {
-    let pad = " ".repeat(by);
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{pad}{}\n", l.trim()))
-        .collect()
-}
-
-/// A backend that tags every answer with `x-backend: NAME`.
-async fn named(name: &'static str) -> Listening {
-    Backend::auto()
-        .fallback(move |_req| async move {
-            Response::builder()
-                .header("x-backend", name)
-                .body(full(name))
-                .unwrap()
-        })
-        .spawn()
-        .await
-}
 
 /// A backend whose first `fail` requests get `status`, then 200.
 async fn failing_first(fail: usize, status: u16) -> (Listening, Arc<AtomicUsize>) {
@@ -80,14 +37,6 @@ async fn failing_first(fail: usize, status: u16) -> (Listening, Arc<AtomicUsize>
         .spawn()
         .await;
     (backend, seen)
-}
-
-async fn metrics(proxy: &Proxy) -> String {
-    Client::http1(proxy.admin())
-        .await
-        .get("/metrics")
-        .await
-        .text()
 }
 
 /// The value of the first sample of `name` whose labels contain all of `with`.
@@ -135,12 +84,10 @@ async fn until_endpoint(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_make_a_failing_backend_whole() {
     let (backend, seen) = failing_first(2, 503).await;
-    let proxy = Proxy::start(&config(
-        "retry: { attempts: 2, on: [5xx], backoff: { base: 1ms, max: 2ms } }",
-        "",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .route("retry: { attempts: 2, on: [5xx], backoff: { base: 1ms, max: 2ms } }")
+        .start()
+        .await;
     let rsp = Client::http1(proxy.main()).await.get("/").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(
@@ -148,7 +95,7 @@ async fn retries_make_a_failing_backend_whole() {
         3,
         "two failures, then the success"
     );
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         sample(
             &m,
@@ -161,12 +108,10 @@ async fn retries_make_a_failing_backend_whole() {
 
     // Out of attempts: the upstream's own last answer comes back.
     let (backend, seen) = failing_first(usize::MAX, 503).await;
-    let proxy = Proxy::start(&config(
-        "retry: { attempts: 1, on: [gateway-error], backoff: { base: 1ms, max: 2ms } }",
-        "",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .route("retry: { attempts: 1, on: [gateway-error], backoff: { base: 1ms, max: 2ms } }")
+        .start()
+        .await;
     let rsp = Client::http1(proxy.main()).await.get("/").await;
     assert_eq!(rsp.status, 503);
     assert_eq!(
@@ -202,12 +147,10 @@ async fn a_post_is_retried_with_its_body_intact() {
         })
         .spawn()
         .await;
-    let proxy = Proxy::start(&config(
-        "retry: { attempts: 2, on: [5xx], backoff: { base: 1ms, max: 2ms } }",
-        "",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .route("retry: { attempts: 2, on: [5xx], backoff: { base: 1ms, max: 2ms } }")
+        .start()
+        .await;
     let payload: Bytes = body::pattern(48 * 1024);
     let want = body::sha256_hex(&payload);
     for streamed in [false, true] {
@@ -245,21 +188,16 @@ async fn grpc_unavailable_is_retried_and_not_found_is_not() {
     for (code, retried) in [(14u32, true), (5, false)] {
         let bad = grpc_failing(code).await;
         let greeter = Greeter::spawn("good").await;
-        let proxy = Proxy::start(&config(
-            "retry: { attempts: 1, on: [unavailable], backoff: { base: 1ms, max: 2ms } }",
-            "protocol: http2\nlb: round_robin",
-            &[bad.addr(), greeter.addr()],
-        ))
-        .await;
-        let mut client = GreeterClient::connect(format!("http://{}", proxy.main()))
-            .await
-            .unwrap();
+        let proxy = Config::over(&[bad.addr(), greeter.addr()])
+            .route("retry: { attempts: 1, on: [unavailable], backoff: { base: 1ms, max: 2ms } }")
+            .cluster("protocol: http2")
+            .cluster("lb: round_robin")
+            .start()
+            .await;
+        let mut client = greeter_client(proxy.main()).await;
         let mut codes = Vec::new();
         for _ in 0..4 {
-            let call = client.say_hello(HelloRequest {
-                name: "x".into(),
-                count: 0,
-            });
+            let call = client.say_hello(hello("x", 0));
             codes.push(match guard("SayHello", call).await {
                 Ok(_) => Code::Ok,
                 Err(status) => status.code(),
@@ -292,16 +230,14 @@ async fn grpc_unavailable_is_retried_and_not_found_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_endpoint_of_three_is_ejected() {
-    let good_a = named("a").await;
-    let good_b = named("b").await;
+    let good_a = Backend::named("a").spawn().await;
+    let good_b = Backend::named("b").spawn().await;
     let (bad, bad_seen) = failing_first(usize::MAX, 500).await;
-    let proxy = Proxy::start(&config(
-        "",
-        "lb: round_robin
-         outlier_detection: { consecutive_failures: 3, base_ejection_time: 30s, max_ejection_percent: 50 }",
-        &[good_a.addr(), bad.addr(), good_b.addr()],
-    ))
-    .await;
+    let proxy = Config::over(&[good_a.addr(), bad.addr(), good_b.addr()])
+        .cluster("lb: round_robin")
+        .cluster("outlier_detection: { consecutive_failures: 3, base_ejection_time: 30s, max_ejection_percent: 50 }")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let mut ok = 0;
     for _ in 0..30 {
@@ -323,7 +259,7 @@ async fn one_bad_endpoint_of_three_is_ejected() {
         .unwrap();
     assert_eq!(bad_ep["ejected"], true, "{c}");
     assert_eq!(eps.iter().filter(|e| e["ejected"] == true).count(), 1);
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         sample(&m, "skiff_outlier_ejections_total", &["cluster=\"app\""]),
         Some(1.0)
@@ -334,12 +270,10 @@ async fn one_bad_endpoint_of_three_is_ejected() {
 async fn a_full_breaker_fails_concurrent_callers_fast() {
     let gate = Gate::new();
     let backend = Backend::auto().fallback(gate.handler()).spawn().await;
-    let proxy = Proxy::start(&config(
-        "",
-        "circuit_breaker: { max_requests: 1 }",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .cluster("circuit_breaker: { max_requests: 1 }")
+        .start()
+        .await;
     let mut first = Client::http1(proxy.main()).await;
     let held = tokio::spawn(async move { first.get("/slow").await.status });
     gate.arrived().await;
@@ -350,7 +284,7 @@ async fn a_full_breaker_fails_concurrent_callers_fast() {
 
     gate.open();
     assert_eq!(guard("the held request", held).await.unwrap(), 200);
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         sample(
             &m,
@@ -364,7 +298,7 @@ async fn a_full_breaker_fails_concurrent_callers_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ewma_sends_most_traffic_to_the_faster_endpoint() {
-    let fast = named("fast").await;
+    let fast = Backend::named("fast").spawn().await;
     let slow = Backend::auto()
         .fallback(|_req| async {
             // Simulated service time, not synchronisation.
@@ -376,7 +310,10 @@ async fn ewma_sends_most_traffic_to_the_faster_endpoint() {
         })
         .spawn()
         .await;
-    let proxy = Proxy::start(&config("", "lb: ewma", &[fast.addr(), slow.addr()])).await;
+    let proxy = Config::over(&[fast.addr(), slow.addr()])
+        .cluster("lb: ewma")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let mut to_fast = 0;
     for _ in 0..100 {
@@ -389,14 +326,17 @@ async fn ewma_sends_most_traffic_to_the_faster_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_keeps_a_key_on_one_endpoint() {
-    let backends = [named("a").await, named("b").await, named("c").await];
+    let backends = [
+        Backend::named("a").spawn().await,
+        Backend::named("b").spawn().await,
+        Backend::named("c").spawn().await,
+    ];
     let addrs: Vec<SocketAddr> = backends.iter().map(Listening::addr).collect();
-    let proxy = Proxy::start(&config(
-        "",
-        "lb: ring_hash\nhash_on: { header: x-user }",
-        &addrs,
-    ))
-    .await;
+    let proxy = Config::over(&addrs)
+        .cluster("lb: ring_hash")
+        .cluster("hash_on: { header: x-user }")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let mut used = std::collections::HashSet::new();
     for user in 0..30 {
@@ -418,13 +358,11 @@ async fn ring_hash_keeps_a_key_on_one_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_and_fault_answers() {
-    let backend = named("a").await;
-    let proxy = Proxy::start(&config(
-        "rate_limit: { requests_per_second: 1, burst: 2 }",
-        "",
-        &[backend.addr()],
-    ))
-    .await;
+    let backend = Backend::named("a").spawn().await;
+    let proxy = Config::to(backend.addr())
+        .route("rate_limit: { requests_per_second: 1, burst: 2 }")
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -440,18 +378,16 @@ async fn rate_limit_and_fault_answers() {
             Some("rate-limited".to_owned())
         )
     );
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         sample(&m, "skiff_rate_limited_total", &["route=\"main/0\""]),
         Some(1.0)
     );
 
-    let proxy = Proxy::start(&config(
-        "fault: { abort: { status: 418, percent: 100 } }",
-        "",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .route("fault: { abort: { status: 418, percent: 100 } }")
+        .start()
+        .await;
     let before = backend.requests();
     let rsp = Client::http1(proxy.main()).await.get("/").await;
     assert_eq!(rsp.status, 418);
@@ -467,12 +403,11 @@ async fn rate_limit_and_fault_answers() {
 async fn grpc_timeout_from_the_client_is_honoured() {
     let backend = Backend::http2().fallback(handlers::never).spawn().await;
     // The route allows 30s; the client's 100ms deadline is smaller and wins.
-    let proxy = Proxy::start(&config(
-        "timeout: 30s",
-        "protocol: http2",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .route("timeout: 30s")
+        .cluster("protocol: http2")
+        .start()
+        .await;
     let req = Request::post("/pkg.Svc/Method")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -490,29 +425,21 @@ async fn grpc_timeout_from_the_client_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_take_a_failing_endpoint_out_and_back() {
-    let healthy = named("healthy").await;
+    let healthy = Backend::named("healthy").spawn().await;
     let sick_flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = sick_flag.clone();
-    let sick = Backend::auto()
+    let sick = Backend::named("sick")
         .route("/healthz", move |_req| {
             let sick = flag.load(Ordering::SeqCst);
             async move { handlers::text(if sick { 503 } else { 200 }, "health") }
         })
-        .fallback(|_req| async {
-            Response::builder()
-                .header("x-backend", "sick")
-                .body(full("sick"))
-                .unwrap()
-        })
         .spawn()
         .await;
-    let proxy = Proxy::start(&config(
-        "",
-        "lb: round_robin
-         health_check: { path: /healthz, interval: 20ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }",
-        &[healthy.addr(), sick.addr()],
-    ))
-    .await;
+    let proxy = Config::over(&[healthy.addr(), sick.addr()])
+        .cluster("lb: round_robin")
+        .cluster("health_check: { path: /healthz, interval: 20ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }")
+        .start()
+        .await;
     until_endpoint(&proxy, sick.addr(), |e| e["healthy"] == false).await;
     let mut client = Client::http1(proxy.main()).await;
     for _ in 0..10 {
@@ -533,12 +460,10 @@ async fn no_healthy_endpoints_when_every_one_fails_its_checks() {
         .route("/healthz", |_req| async { handlers::text(503, "sick") })
         .spawn()
         .await;
-    let proxy = Proxy::start(&config(
-        "",
-        "health_check: { path: /healthz, interval: 20ms, unhealthy_threshold: 1 }",
-        &[backend.addr()],
-    ))
-    .await;
+    let proxy = Config::to(backend.addr())
+        .cluster("health_check: { path: /healthz, interval: 20ms, unhealthy_threshold: 1 }")
+        .start()
+        .await;
     until_endpoint(&proxy, backend.addr(), |e| e["healthy"] == false).await;
     let rsp = Client::http1(proxy.main()).await.get("/").await;
     assert_eq!(rsp.status, 503);

@@ -4,7 +4,7 @@
 use http::{Request, StatusCode};
 use integration_tests::body::empty;
 use integration_tests::client::ClientProtocol;
-use integration_tests::{Backend, Client, Proxy, handlers};
+use integration_tests::{Backend, Client, Config, Proxy, handlers};
 
 /// Every route tags its responses with `x-route: NAME`, so the test sees
 /// which one matched; nothing matching means the proxy's own 404.
@@ -72,63 +72,34 @@ async fn first_matching_route_wins() {
         &'static [(&'static str, &'static str)],
         Option<&'static str>,
     );
+    #[rustfmt::skip]
     let cases: &[Case] = &[
-        ("GET", "svc", "/dup", &[], Some("dup-first")),
-        ("GET", "svc", "/exact", &[], Some("exact")),
-        ("GET", "svc", "/exact/more", &[], None),
-        ("GET", "svc", "/api", &[], Some("prefix")),
-        ("GET", "svc", "/api/v1/users", &[], Some("prefix")),
-        ("GET", "svc", "/items/42", &[], Some("regex")),
-        ("GET", "svc", "/items/42/x", &[], None),
-        ("GET", "svc", "/x/items/42", &[], None),
-        ("GET", "svc", "/items/abc", &[], None),
-        ("GET", "exact.example.com", "/zzz", &[], Some("host-exact")),
-        (
-            "GET",
-            "exact.example.com:8080",
-            "/zzz",
-            &[],
-            Some("host-exact"),
-        ),
-        ("GET", "other.example.com", "/zzz", &[], None),
-        ("GET", "a.wild.example.com", "/zzz", &[], Some("host-wild")),
-        (
-            "GET",
-            "a.wild.example.com:9999",
-            "/zzz",
-            &[],
-            Some("host-wild"),
-        ),
-        ("GET", "wild.example.com", "/zzz", &[], None),
-        ("DELETE", "svc", "/zzz", &[], Some("method")),
-        ("PUT", "svc", "/zzz", &[], None),
-        (
-            "GET",
-            "svc",
-            "/zzz",
-            &[("x-canary", "1")],
-            Some("header-value"),
-        ),
-        ("GET", "svc", "/zzz", &[("x-canary", "2")], None),
-        (
-            "GET",
-            "svc",
-            "/zzz",
-            &[("x-user", "admin-bob")],
-            Some("header-regex"),
-        ),
-        ("GET", "svc", "/zzz", &[("x-user", "bob")], None),
-        (
-            "GET",
-            "svc",
-            "/zzz",
-            &[("x-debug", "anything")],
-            Some("header-present"),
-        ),
-        ("POST", "svc", "/combo", &[("x-a", "b")], Some("combo")),
-        ("GET", "svc", "/combo", &[("x-a", "b")], None),
-        ("POST", "svc", "/combo", &[], None),
-        ("POST", "svc", "/combo", &[("x-a", "c")], None),
+        ("GET",     "svc",                      "/dup",           &[],                        Some("dup-first")),
+        ("GET",     "svc",                      "/exact",         &[],                        Some("exact")),
+        ("GET",     "svc",                      "/exact/more",    &[],                        None),
+        ("GET",     "svc",                      "/api",           &[],                        Some("prefix")),
+        ("GET",     "svc",                      "/api/v1/users",  &[],                        Some("prefix")),
+        ("GET",     "svc",                      "/items/42",      &[],                        Some("regex")),
+        ("GET",     "svc",                      "/items/42/x",    &[],                        None),
+        ("GET",     "svc",                      "/x/items/42",    &[],                        None),
+        ("GET",     "svc",                      "/items/abc",     &[],                        None),
+        ("GET",     "exact.example.com",        "/zzz",           &[],                        Some("host-exact")),
+        ("GET",     "exact.example.com:8080",   "/zzz",           &[],                        Some("host-exact")),
+        ("GET",     "other.example.com",        "/zzz",           &[],                        None),
+        ("GET",     "a.wild.example.com",       "/zzz",           &[],                        Some("host-wild")),
+        ("GET",     "a.wild.example.com:9999",  "/zzz",           &[],                        Some("host-wild")),
+        ("GET",     "wild.example.com",         "/zzz",           &[],                        None),
+        ("DELETE",  "svc",                      "/zzz",           &[],                        Some("method")),
+        ("PUT",     "svc",                      "/zzz",           &[],                        None),
+        ("GET",     "svc",                      "/zzz",           &[("x-canary", "1")],       Some("header-value")),
+        ("GET",     "svc",                      "/zzz",           &[("x-canary", "2")],       None),
+        ("GET",     "svc",                      "/zzz",           &[("x-user", "admin-bob")], Some("header-regex")),
+        ("GET",     "svc",                      "/zzz",           &[("x-user", "bob")],       None),
+        ("GET",     "svc",                      "/zzz",           &[("x-debug", "anything")], Some("header-present")),
+        ("POST",    "svc",                      "/combo",         &[("x-a", "b")],            Some("combo")),
+        ("GET",     "svc",                      "/combo",         &[("x-a", "b")],            None),
+        ("POST",    "svc",                      "/combo",         &[],                        None),
+        ("POST",    "svc",                      "/combo",         &[("x-a", "c")],            None),
     ];
     let backend = Backend::auto().spawn().await;
     let proxy = Proxy::start(&matching_config(backend.addr())).await;
@@ -208,23 +179,15 @@ async fn request_and_response_headers_are_set_and_removed() {
         })
         .spawn()
         .await;
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - cluster: app
-      headers:
-        request: {{ set: {{ x-env: prod, x-added: yes-please }}, remove: [x-debug] }}
-        response: {{ set: {{ x-served-by: skiff }}, remove: [x-internal] }}
-clusters:
-  app: {{ endpoints: [{}] }}
-"#,
-        backend.addr()
-    );
-    let proxy = Proxy::start(&config).await;
+    let proxy = Config::to(backend.addr())
+        .route(
+            "
+            headers:
+              request: { set: { x-env: prod, x-added: yes-please }, remove: [x-debug] }
+              response: { set: { x-served-by: skiff }, remove: [x-internal] }",
+        )
+        .start()
+        .await;
     let mut client = Client::http1(proxy.main()).await;
     let rsp = client
         .get_with(
