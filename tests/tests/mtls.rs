@@ -213,6 +213,14 @@ async fn http1_http2_and_grpc_cross_two_skiffs_over_mtls() {
 
     let text = metrics(&m.b).await;
     assert!(handshakes(&text, "ok") >= 2, "{text}");
+    // The inbound side labels its request metrics with the caller's identity.
+    let caller = format!("peer_identity=\"{}\"", id("a"));
+    let labelled = text
+        .lines()
+        .filter(|l| l.starts_with("skiff_requests_total{") && l.contains("direction=\"inbound\""))
+        .filter(|l| l.contains(&caller))
+        .count();
+    assert!(labelled >= 1, "{caller} on inbound requests:\n{text}");
     assert!(!m.a.reload_identity().unwrap(), "nothing changed on disk");
 }
 
