@@ -38,6 +38,39 @@ pub struct ServedBy(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avoid(pub usize);
 
+/// Request extension: a slot where the upstream notes which endpoint it
+/// picked, for the retry layer to avoid when an attempt times out (a
+/// dropped attempt leaves no response or error to say so).
+#[derive(Debug, Clone, Default)]
+pub struct Picked(Arc<AtomicUsize>);
+
+impl Picked {
+    pub fn set(&self, endpoint: usize) {
+        self.0.store(endpoint + 1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<usize> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
+}
+
+/// Request extension: raised by a timeout (the route's, `grpc-timeout`, or a
+/// per-try timeout) just before it drops the request. The upstream counts a
+/// dropped attempt against its endpoint only when this says a deadline was
+/// missed; a client that hangs up is not the endpoint's failure.
+#[derive(Debug, Clone, Default)]
+pub struct Expired(Arc<AtomicBool>);
+
+impl Expired {
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// How fast a latency estimate forgets (linkerd2-proxy's default).
 const DECAY: Duration = Duration::from_secs(10);
 /// What a failure adds to an endpoint's cost, fading with `PENALTY_DECAY`.

@@ -18,6 +18,7 @@ use http::Request;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::balance::Expired;
 use crate::classify;
 use crate::error::{BoxError, ProxyError, Reason};
 
@@ -63,7 +64,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let client = if classify::is_grpc(req.headers()) {
             classify::grpc_timeout(req.headers())
         } else {
@@ -74,11 +75,17 @@ where
             (None, Some(grpc)) => (Some(grpc), Source::Grpc),
             (route, _) => (route, Source::Route),
         };
+        let expired = after.map(|_| {
+            let flag = Expired::default();
+            req.extensions_mut().insert(flag.clone());
+            flag
+        });
         TimeoutFuture {
             inner: self.inner.call(req),
             sleep: after.map(tokio::time::sleep),
             after: after.unwrap_or_default(),
             source,
+            expired,
         }
     }
 }
@@ -91,6 +98,7 @@ pin_project_lite::pin_project! {
         sleep: Option<Sleep>,
         after: Duration,
         source: Source,
+        expired: Option<Expired>,
     }
 }
 
@@ -118,6 +126,9 @@ where
         };
         if sleep.poll(cx).is_pending() {
             return Poll::Pending;
+        }
+        if let Some(flag) = this.expired {
+            flag.raise();
         }
         let msg = match this.source {
             Source::Route => format!("no response within the route timeout of {:?}", this.after),

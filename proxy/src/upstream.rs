@@ -25,7 +25,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use skiff_control::model::{self, ClusterProtocol};
-use skiff_filters::balance::{Balancer, EndpointStats, ServedBy};
+use skiff_filters::balance::{Balancer, EndpointStats, Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier::{self, OutlierConfig};
@@ -153,17 +153,32 @@ impl Cluster {
             .into());
         };
         let ep = &self.endpoints[i];
+        if let Some(slot) = req.extensions().get::<Picked>() {
+            slot.set(i);
+        }
         let _in_flight = ep.stats.start();
+        // If a timeout above drops this attempt, the guard reports it as a
+        // failure: an endpoint that accepts and never answers must lose
+        // traffic and be ejected like one that refuses (Envoy counts
+        // timeouts as 5xx). A client hanging up is nobody's failure.
+        let mut outcome = Outcome {
+            cluster: self,
+            ep,
+            start,
+            reported: false,
+            expired: req.extensions().get::<Expired>().cloned(),
+        };
         let result = self.send_to(ep, req).await;
         let failed = match &result {
             Ok(rsp) => {
                 rsp.status().is_server_error() || classify::grpc_status(rsp.headers()) == Some(14)
             }
-            // A request body that broke off is the client's failure, not the
-            // endpoint's: it must not eject a healthy endpoint.
-            Err(e) => e.reason() != Reason::BadRequest,
+            // Only failures of the endpoint count against it: not a client's
+            // broken body (bad-request), not a local breaker refusal
+            // (circuit-open), which carry no endpoint.
+            Err(e) => e.endpoint().is_some(),
         };
-        self.report(ep, start, failed);
+        outcome.report(failed);
         let mut rsp = result?;
         rsp.extensions_mut().insert(ServedBy(i));
         Ok(rsp)
@@ -420,6 +435,34 @@ fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     )
     .with_source(e)
     .at_endpoint(ep.index)
+}
+
+/// Reports an attempt's outcome exactly once: explicitly when it completes,
+/// or as a failure when a timeout above dropped it first.
+struct Outcome<'a> {
+    cluster: &'a Cluster,
+    ep: &'a Endpoint,
+    start: Instant,
+    reported: bool,
+    /// The nearest timeout's flag (the retry layer's per-try one overrides
+    /// the route's in an attempt's extensions, and it is the nearer one).
+    expired: Option<Expired>,
+}
+
+impl Outcome<'_> {
+    fn report(&mut self, failed: bool) {
+        self.reported = true;
+        self.cluster.report(self.ep, self.start, failed);
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        let timed_out = self.expired.as_ref().is_some_and(Expired::is_raised);
+        if !self.reported && timed_out {
+            self.cluster.report(self.ep, self.start, true);
+        }
+    }
 }
 
 /// HTTP/1 wants origin-form (`/path?q`) and a Host header.

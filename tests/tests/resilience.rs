@@ -266,6 +266,67 @@ async fn one_bad_endpoint_of_three_is_ejected() {
     );
 }
 
+/// The address's entry in `/clusters`.
+async fn endpoint_state(proxy: &Proxy, address: SocketAddr) -> serde_json::Value {
+    let c = clusters(proxy).await;
+    c["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == address.to_string())
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_loses_its_traffic_and_is_ejected() {
+    let hung = Backend::auto().fallback(handlers::never).spawn().await;
+    let good = Backend::named("good").spawn().await;
+    let proxy = Config::over(&[hung.addr(), good.addr()])
+        .route("timeout: 200ms")
+        .cluster("outlier_detection: { consecutive_failures: 1, base_ejection_time: 30s, max_ejection_percent: 50 }")
+        .start()
+        .await;
+    let mut timeouts = 0;
+    for _ in 0..12 {
+        // A fresh connection each time: a timed-out HTTP/1 exchange may
+        // leave the downstream connection closed.
+        let rsp = Client::http1(proxy.main()).await.get("/").await;
+        match rsp.status.as_u16() {
+            200 => assert_eq!(rsp.header("x-backend"), Some("good")),
+            504 => timeouts += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // A new endpoint is tried early, times out once, and that timeout counts
+    // against it: ejected, and every other request goes to the good one.
+    assert_eq!(timeouts, 1);
+    let state = endpoint_state(&proxy, hung.addr()).await;
+    assert_eq!(state["ejected"], true, "{state}");
+    assert_eq!(hung.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_retries_on_another_endpoint() {
+    let hung = Backend::auto().fallback(handlers::never).spawn().await;
+    let good = Backend::named("good").spawn().await;
+    let proxy = Config::over(&[hung.addr(), good.addr()])
+        .route("retry: { attempts: 1, on: [5xx], per_try_timeout: 100ms, backoff: { base: 1ms, max: 2ms } }")
+        .cluster("lb: round_robin")
+        .start()
+        .await;
+    let mut client = Client::http1(proxy.main()).await;
+    for _ in 0..4 {
+        let rsp = client.get("/").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        assert_eq!(rsp.header("x-backend"), Some("good"));
+    }
+    assert!(
+        hung.requests() >= 1,
+        "round robin sent first tries to the hung endpoint"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_breaker_fails_concurrent_callers_fast() {
     let gate = Gate::new();
@@ -294,6 +355,35 @@ async fn a_full_breaker_fails_concurrent_callers_fast() {
         Some(1.0),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_refusal_is_not_held_against_the_endpoint() {
+    let gate = Gate::new();
+    let backend = Backend::http1().fallback(gate.handler()).spawn().await;
+    let proxy = Config::to(backend.addr())
+        .cluster_protocol("http1")
+        .cluster("circuit_breaker: { max_connections: 1 }")
+        .cluster("outlier_detection: { consecutive_failures: 1, max_ejection_percent: 100 }")
+        .start()
+        .await;
+    let mut first = Client::http1(proxy.main()).await;
+    let held = tokio::spawn(async move { first.get("/slow").await.status });
+    gate.arrived().await;
+
+    // The only upstream connection is busy: a second one is over the limit.
+    let rsp = Client::http1(proxy.main()).await.get("/second").await;
+    assert_eq!(rsp.header("skiff-error"), Some("circuit-open"));
+    let state = endpoint_state(&proxy, backend.addr()).await;
+    assert_eq!(
+        state["ejected"], false,
+        "a local refusal ejected the endpoint: {state}"
+    );
+
+    gate.open();
+    assert_eq!(guard("the held request", held).await.unwrap(), 200);
+    let rsp = Client::http1(proxy.main()).await.get("/third").await;
+    assert_eq!(rsp.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

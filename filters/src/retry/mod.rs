@@ -33,7 +33,7 @@ use skiff_control::model;
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
-use crate::balance::{Avoid, ServedBy};
+use crate::balance::{Avoid, Expired, Picked, ServedBy};
 use crate::body::{Body, ReplayBody};
 use crate::circuit_breaker::Breaker;
 use crate::classify::{self, RetryOn};
@@ -302,6 +302,15 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
+    let mut req = req;
+    // With a per-try timeout, this attempt may be dropped mid-flight: give
+    // it its own slots to learn where it went and to say it expired.
+    let slots = policy.per_try_timeout.map(|_| {
+        let (picked, expired) = (Picked::default(), Expired::default());
+        req.extensions_mut().insert(picked.clone());
+        req.extensions_mut().insert(expired.clone());
+        (picked, expired)
+    });
     let exchange = async {
         if make_ready {
             svc.ready().await.map_err(Into::into)?;
@@ -325,6 +334,9 @@ where
         Some(limit) => match tokio::time::timeout(limit, exchange).await {
             Ok(r) => r,
             Err(_) => {
+                if let Some((_, expired)) = &slots {
+                    expired.raise();
+                }
                 return Judged {
                     outcome: Err(ProxyError::new(
                         Reason::Timeout,
@@ -332,7 +344,9 @@ where
                     )
                     .into()),
                     retryable: true,
-                    endpoint: None,
+                    // The attempt was dropped mid-flight: the upstream's
+                    // note of where it went is the only record.
+                    endpoint: slots.as_ref().and_then(|(picked, _)| picked.get()),
                 };
             }
         },
