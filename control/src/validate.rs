@@ -130,6 +130,12 @@ impl Checker<'_> {
             if l.transparent {
                 self.at_key(&format!("{at}.transparent"), "true is not supported yet");
             }
+            if l.header_timeout.0.is_zero() {
+                self.at_value(
+                    &format!("{at}.header_timeout"),
+                    "timeout 0s: a timeout is above zero",
+                );
+            }
             self.listener_target(config, &at, l);
         }
     }
@@ -225,6 +231,11 @@ impl Checker<'_> {
                     self.cluster_ref(config, &format!("{wat}.cluster"), &w.cluster);
                     if w.weight == 0 {
                         self.at_value(&format!("{wat}.weight"), "weight 0: a weight is at least 1");
+                    } else if w.weight > MAX_SPLIT_WEIGHT {
+                        self.at_value(
+                            &format!("{wat}.weight"),
+                            format!("weight {} is over {MAX_SPLIT_WEIGHT}", w.weight),
+                        );
                     }
                 }
             }
@@ -326,6 +337,11 @@ impl Checker<'_> {
             }
             if e.weight == 0 {
                 self.at_value(&format!("{eat}.weight"), "weight 0: a weight is at least 1");
+            } else if e.weight > MAX_ENDPOINT_WEIGHT {
+                self.at_value(
+                    &format!("{eat}.weight"),
+                    format!("weight {} is over {MAX_ENDPOINT_WEIGHT}", e.weight),
+                );
             }
         }
         if c.connect_timeout.0.is_zero() {
@@ -759,6 +775,13 @@ fn tls_mode_name(mode: TlsMode) -> &'static str {
 }
 
 // === value checks ===
+
+/// Endpoint weights are relative shares: 10,000 to 1 is finer than any
+/// deployment needs, and bounds the round-robin schedule and the hash ring
+/// (which grow with the weights) to a few MB.
+const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+/// Split weights are percentages or per-mille in practice.
+const MAX_SPLIT_WEIGHT: u32 = 1_000_000;
 
 /// `IP:port` (IPv6 in brackets); port 0 is allowed (pick a free port).
 fn socket_address(s: &str) -> Result<SocketAddr, String> {

@@ -367,6 +367,11 @@ impl Balancer {
 /// counter, take the largest, subtract the total from it. Weight 3:1 gives
 /// a,a,b,a rather than a run of three.
 pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    // 200:100 is the same cycle as 2:1; dividing by the common factor keeps
+    // the schedule as short as the ratios allow.
+    let g = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+    let weights: Vec<u32> = weights.iter().map(|w| w / g).collect();
+    let weights = weights.as_slice();
     let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
     let mut current = vec![0i64; weights.len()];
     let mut schedule = Vec::with_capacity(total.max(0) as usize);
@@ -383,12 +388,21 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
     schedule
 }
 
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// Points hashed from the endpoint's address, so they do not depend on the
 /// other endpoints: that is what keeps the ring consistent.
 fn build_ring(endpoints: &[Arc<EndpointStats>], weights: &[u32]) -> Vec<(u64, usize)> {
-    let mut ring = Vec::new();
+    // Points in proportion to weight, RING_POINTS per endpoint on average,
+    // so the ring's size follows the endpoint count, not the weights' scale.
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum::<u64>().max(1);
+    let budget = u64::from(RING_POINTS) * endpoints.len() as u64;
+    let mut ring = Vec::with_capacity(budget as usize + endpoints.len());
     for (i, (e, w)) in endpoints.iter().zip(weights).enumerate() {
-        for v in 0..RING_POINTS * w {
+        let points = (u64::from(*w) * budget / total).max(1);
+        for v in 0..points {
             let key = format!("{}-{v}", e.address);
             ring.push((xxhash_rust::xxh3::xxh3_64(key.as_bytes()), i));
         }
@@ -436,6 +450,8 @@ mod tests {
         assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
         assert_eq!(smooth_schedule(&[1, 1, 1]), vec![0, 1, 2]);
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_schedule(&[3000, 1000]), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[10_000, 9_999]).len(), 19_999);
     }
 
     #[tokio::test(start_paused = true)]

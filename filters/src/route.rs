@@ -161,13 +161,18 @@ fn strip_port(authority: &str) -> &str {
 /// A weighted choice among targets (`split:`); one target means no dice roll.
 #[derive(Debug, Clone)]
 pub struct Split<T> {
-    targets: Vec<(T, u32)>,
-    total: u32,
+    targets: Vec<(T, u64)>,
+    total: u64,
 }
 
 impl<T> Split<T> {
     /// Targets with weight 0 are never chosen; at least one must be positive.
     pub fn new(targets: Vec<(T, u32)>) -> Option<Self> {
+        // Summed in u64: no set of u32 weights can overflow it.
+        let targets: Vec<(T, u64)> = targets
+            .into_iter()
+            .map(|(t, w)| (t, u64::from(w)))
+            .collect();
         let total = targets.iter().map(|(_, w)| *w).sum();
         (total > 0).then_some(Self { targets, total })
     }
@@ -176,7 +181,7 @@ impl<T> Split<T> {
         if self.targets.len() == 1 {
             return &self.targets[0].0;
         }
-        let mut roll = fastrand::u32(..self.total);
+        let mut roll = fastrand::u64(..self.total);
         for (t, w) in &self.targets {
             if roll < *w {
                 return t;

@@ -3,7 +3,7 @@
 //! It sits outside retries (issue "Filter chain") so that it bounds the whole
 //! request. It stops at the response headers rather than the last body byte so
 //! that long-lived streams (gRPC streaming, downloads) are not cut off; see
-//! docs/routing.md for this choice.
+//! docs/data-path.md for this choice.
 //!
 //! A gRPC client states its own deadline in `grpc-timeout`; for gRPC requests
 //! the smaller of it and the route timeout applies, so the proxy answers

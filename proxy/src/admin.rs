@@ -22,6 +22,8 @@ use crate::app::Shared;
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
+            // As in the listeners: don't spin while accept keeps failing.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let shared = shared.clone();

@@ -39,16 +39,21 @@ impl Shared {
     /// Applies a new config while traffic flows: routes, clusters, filters
     /// and authorization change at once for new requests; requests in flight
     /// finish on the config they started with. Endpoints that stay keep their
-    /// balancing and ejection state. Listeners and the admin address are
-    /// bound once: changes to them are reported and wait for a restart.
+    /// balancing and ejection state. What is fixed at start (listeners, the
+    /// admin address, `identity`, `runtime`) cannot change this way: such a
+    /// config is refused whole, since applying half of it could leave a
+    /// listener pointing at a route table that is gone.
     pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
         let current = self.runtime.load();
-        let old = &current.snapshot.config;
-        if old.listeners != snapshot.config.listeners || old.admin != snapshot.config.admin {
-            warn!(
-                source = %snapshot.source,
-                "listener or admin changes take effect after a restart; applying the rest"
-            );
+        let (old, new) = (&current.snapshot.config, &snapshot.config);
+        let fixed = [
+            ("listeners", old.listeners != new.listeners),
+            ("admin", old.admin != new.admin),
+            ("identity", old.identity != new.identity),
+            ("runtime", old.runtime != new.runtime),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(CompileError::NeedsRestart { key });
         }
         let next = Runtime::compile(
             Arc::new(snapshot),

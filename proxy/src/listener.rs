@@ -47,7 +47,9 @@ pub async fn run(
                 Err(e) => {
                     // EMFILE and friends: keep serving what we have.
                     warn!(listener = %name, error = %e, "accept failed");
-                    tokio::task::yield_now().await;
+                    // Out of file descriptors and the like: retrying at once
+                    // would spin a core until it clears.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

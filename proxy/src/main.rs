@@ -190,7 +190,7 @@ fn run(path: &Path) -> ExitCode {
         rt.block_on(async move {
             info!(
                 source = %snapshot.source,
-                config = %serde_json::to_string(&snapshot.config).unwrap_or_default(),
+                config = %redacted(&snapshot.config),
                 "effective config"
             );
             let mut bound = skiff::build_from(snapshot).await?;
@@ -270,4 +270,30 @@ fn init_logs(level: &str, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The effective config as one JSON line for the log, with header values
+/// that routes set replaced: after `${VAR}` expansion they may hold tokens,
+/// and logs travel further than the admin port's loopback-only `/config`.
+fn redacted(config: &skiff_control::Config) -> String {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    if let Some(tables) = v.get_mut("routes").and_then(|r| r.as_object_mut()) {
+        for route in tables
+            .values_mut()
+            .filter_map(|t| t.as_array_mut())
+            .flatten()
+        {
+            for side in ["request", "response"] {
+                if let Some(set) = route
+                    .pointer_mut(&format!("/headers/{side}/set"))
+                    .and_then(|s| s.as_object_mut())
+                {
+                    for value in set.values_mut() {
+                        *value = serde_json::Value::from("<redacted>");
+                    }
+                }
+            }
+        }
+    }
+    v.to_string()
 }

@@ -74,6 +74,10 @@ pub enum CompileError {
     },
     #[error("routes.{table}[{index}]: needs `cluster` or a `split` with a positive weight")]
     NoTarget { table: String, index: usize },
+    #[error(
+        "`{key}` changed: it is bound at start, so this config needs a restart (nothing of it was applied)"
+    )]
+    NeedsRestart { key: &'static str },
 }
 
 impl Runtime {

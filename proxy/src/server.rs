@@ -47,7 +47,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub async fn handle(self, mut req: Request<Incoming>) -> Response<Body> {
+    /// `drain` is the connection's: an upgraded connection outlives the
+    /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
+    pub async fn handle(self, mut req: Request<Incoming>, drain: &Arc<Watch>) -> Response<Body> {
         let mut rec = Recorder::new(
             self.shared.metrics.clone(),
             self.listener.direction.as_str(),
@@ -110,7 +112,7 @@ impl Handler {
             && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(tunnel(downstream, upstream));
+            tokio::spawn(tunnel(downstream, upstream, Watch::clone(drain)));
         }
         finish(rsp, rec)
     }
@@ -143,7 +145,7 @@ fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
 }
 
 /// Relays bytes both ways once both sides agreed to switch protocols.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut drain: Watch) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -153,8 +155,15 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
     };
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        debug!(error = %e, "upgraded connection ended");
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+            if let Err(e) = res {
+                debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        // A byte stream has no graceful close: it runs until the drain
+        // timeout, like a tcp relay.
+        _ = drain.terminated() => debug!("drain timeout: upgraded connection closed"),
     }
 }
 
@@ -169,9 +178,10 @@ pub async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let io = PrefaceDeadline::new(io, handler.listener.header_timeout);
+    let for_tunnels = Arc::new(drain.clone());
     let service = service_fn(move |req| {
-        let h = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }
+        let (h, d) = (handler.clone(), for_tunnels.clone());
+        async move { Ok::<_, std::convert::Infallible>(h.handle(req, &d).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);

@@ -113,6 +113,11 @@ impl Cluster {
             .map(|(i, e)| {
                 let stats = stats_for(&e.address)
                     .unwrap_or_else(|| Arc::new(EndpointStats::new(e.address.clone())));
+                if c.health_check.is_none() {
+                    // Nothing will probe it any more: a verdict from a
+                    // removed health check must not keep it out for good.
+                    stats.set_healthy(true);
+                }
                 Arc::new(Endpoint::new(e.address.clone(), e.weight, i, stats))
             })
             .collect();
@@ -230,7 +235,6 @@ impl Cluster {
         }
     }
 
-    /// Opens a connection to `ep` ready for HTTP/1: TCP, then TLS if configured.
     /// Opens a pooled connection within the breaker's limits: the connection
     /// permit lives as long as the connection, the pending permit only while
     /// the request waits for it.

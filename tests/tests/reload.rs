@@ -94,6 +94,26 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     let cfg = Client::http1(admin).await.get("/config").await.json();
     assert_eq!(cfg["version"], 3);
 
+    // A change to what is bound at start (here the listener's route table,
+    // renamed along with the table) is refused whole: applying the rest
+    // would leave the listener pointing at a table that is gone.
+    let renamed = Config::to(b.addr())
+        .yaml()
+        .replace("routes: main", "routes: web")
+        .replace("  main:", "  web:");
+    assert!(
+        renamed.contains("routes: web") && renamed.contains("  web:"),
+        "{renamed}"
+    );
+    write(&path, &renamed);
+    until("the listener change to be refused", || async {
+        metrics(admin)
+            .await
+            .contains("skiff_config_updates_total{source=\"file\",result=\"rejected\"} 2")
+    })
+    .await;
+    assert_eq!(served_by(main).await, "a", "still the last good config");
+
     bound.drain();
     bound.wait_termination().await.unwrap();
 }

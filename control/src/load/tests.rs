@@ -738,6 +738,42 @@ fn cases() -> Vec<Case> {
             ],
         ),
         (
+            "weights over their caps",
+            small_with(
+                "endpoints: [127.0.0.1:9000]",
+                "endpoints: [{ address: \"127.0.0.1:9000\", weight: 40000000 }]",
+            ),
+            vec![(
+                10,
+                54,
+                "clusters.app.endpoints[0].weight: weight 40000000 is over 10000",
+            )],
+        ),
+        (
+            "split weight over its cap",
+            small_with(
+                "- cluster: app",
+                "- split: [{ cluster: app, weight: 4294967295 }, { cluster: app, weight: 2 }]",
+            ),
+            vec![(
+                7,
+                39,
+                "routes.app[0].split[0].weight: weight 4294967295 is over 1000000",
+            )],
+        ),
+        (
+            "header_timeout 0s",
+            small_with(
+                "routes: app\nroutes:",
+                "routes: app\n    header_timeout: 0s\nroutes:",
+            ),
+            vec![(
+                5,
+                21,
+                "listeners[0].header_timeout: timeout 0s: a timeout is above zero",
+            )],
+        ),
+        (
             "endpoint long form",
             small_with("[127.0.0.1:9000]", "[{ address: \"-x:80\", weight: 0 }]"),
             vec![

@@ -31,7 +31,10 @@ pub fn watch(
     let mut version = current.version;
     let mut config: Config = current.config.clone();
     let source = path.display().to_string();
-    let mut last_text = std::fs::read_to_string(&path).ok();
+    // Not read here: an edit between the first load and this call would be
+    // taken as the baseline and missed. The first poll reads the file, and a
+    // text that parses to the applied config publishes nothing.
+    let mut last_text: Option<String> = None;
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
