@@ -8,6 +8,7 @@ pub mod load;
 mod locate;
 pub mod model;
 pub mod source;
+pub mod spiffe;
 mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};

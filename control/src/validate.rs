@@ -682,7 +682,7 @@ impl Checker<'_> {
             if config.identity.is_none() {
                 self.at_key(&at, needs_identity);
             }
-            if let Err(why) = spiffe_id(&tls.server_identity) {
+            if let Err(why) = crate::spiffe::check(&tls.server_identity) {
                 self.at_value(&format!("{at}.server_identity"), why);
             }
         }
@@ -694,7 +694,7 @@ impl Checker<'_> {
     fn allow_rule(&mut self, at: &str, allow: &AllowRule) {
         for (j, id) in allow.identities.iter().enumerate() {
             let base = id.strip_suffix("/*").unwrap_or(id);
-            if id != "*" && spiffe_id(base).is_err() {
+            if id != "*" && crate::spiffe::check(base).is_err() {
                 self.at_value(
                     &format!("{at}.identities[{j}]"),
                     format!(
@@ -728,42 +728,6 @@ impl Checker<'_> {
             }
         }
     }
-}
-
-/// A SPIFFE ID: `spiffe://` + a trust domain of lowercase letters, digits,
-/// `.`, `-` and `_`, then optionally a path of non-empty segments of
-/// letters, digits, `.`, `-` and `_`, none of them `.` or `..`.
-fn spiffe_id(s: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{s:?} is not a SPIFFE ID: {why}"));
-    let Some(rest) = s.strip_prefix("spiffe://") else {
-        return bad("it starts with spiffe://, like spiffe://cluster.local/ns/default/sa/web");
-    };
-    let (domain, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(d, p)| (d, Some(p)));
-    if domain.is_empty()
-        || !domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-    {
-        return bad("the trust domain is lowercase letters, digits, `.`, `-` and `_`");
-    }
-    let path_ok = path.is_none_or(|p| {
-        p.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        })
-    });
-    if !path_ok {
-        return bad(
-            "the path is non-empty segments of letters, digits, `.`, `-` and `_`, without a trailing /",
-        );
-    }
-    Ok(())
 }
 
 fn tls_mode_name(mode: TlsMode) -> &'static str {
