@@ -100,9 +100,12 @@ fn run_serves_until_sigterm_then_exits_zero() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // The log says where the admin server listens, and then, once every
+    // listener is bound and `/ready` is up, "ready": the readiness signal.
     let mut admin = None;
+    let mut ready = false;
     let mut line = String::new();
-    while admin.is_none() {
+    while !ready {
         line.clear();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
@@ -112,8 +115,11 @@ fn run_serves_until_sigterm_then_exits_zero() {
         if let Some(a) = v["fields"]["admin"].as_str() {
             admin = Some(a.to_owned());
         }
+        ready = v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ready"));
     }
-    let admin = admin.unwrap();
+    let admin = admin.expect("the admin address is logged before ready");
     assert!(get(&admin, "/ready").starts_with("HTTP/1.1 200"));
 
     let status = Command::new("kill")
