@@ -188,6 +188,9 @@ fn run(path: &Path) -> ExitCode {
     };
     let result = runtime(snapshot.config.runtime.workers).and_then(|rt| {
         rt.block_on(async move {
+            // Handlers first: a SIGTERM that arrives as soon as we look
+            // ready must drain, not kill the process.
+            let shutdown = shutdown_signal()?;
             info!(
                 source = %snapshot.source,
                 config = %redacted(&snapshot.config),
@@ -199,7 +202,7 @@ fn run(path: &Path) -> ExitCode {
                 skiff_control::source::file::POLL_INTERVAL,
             );
             info!("ready; watching the config file for changes");
-            shutdown_signal().await;
+            shutdown.await;
             info!("draining");
             bound.drain();
             bound.wait_termination().await?;
@@ -210,7 +213,12 @@ fn run(path: &Path) -> ExitCode {
 }
 
 fn demo() -> ExitCode {
-    exit(runtime(2).and_then(|rt| rt.block_on(skiff::demo::run(shutdown_signal()))))
+    exit(runtime(2).and_then(|rt| {
+        rt.block_on(async {
+            let shutdown = shutdown_signal()?;
+            skiff::demo::run(shutdown).await
+        })
+    }))
 }
 
 /// One worker means a current-thread runtime: everything runs on the main
@@ -237,27 +245,27 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called, not when the returned future is first polled, so call it
+/// before announcing readiness.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn init_logs(level: &str, format: LogFormat) {
