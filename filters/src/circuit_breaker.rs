@@ -20,8 +20,6 @@
 //!   while a request waits for a connection (`max_pending_requests`).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
@@ -41,7 +39,7 @@ pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 pub const DEFAULT_MAX_REQUESTS: u32 = 1024;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+type BoxFuture = crate::BoxFuture<Response<Body>>;
 
 /// What a permit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,6 @@
 //! the client's patience, not Skiff's own route timeout.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, ProxyError, Reason};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+use crate::BoxFuture;
 
 /// Draws a number uniformly from [0, 100); injectable so tests decide the roll.
 pub type Roll = Arc<dyn Fn() -> f64 + Send + Sync>;

@@ -20,3 +20,9 @@ pub mod timeout;
 
 pub use body::Body;
 pub use error::{BoxError, ProxyError, Reason};
+
+/// The boxed future of a layer that has to do asynchronous work of its own;
+/// layers return it only on their configured path, so pass-through costs no
+/// allocation.
+pub type BoxFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, BoxError>> + Send>>;

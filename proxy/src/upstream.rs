@@ -10,9 +10,7 @@
 //! hyper says it is ready (its previous response fully read). HTTP/2: one
 //! shared connection per endpoint, multiplexed, replaced when it closes.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -526,7 +524,7 @@ pub struct ClusterService(pub Arc<Cluster>);
 impl tower::Service<Request<Body>> for ClusterService {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Future = skiff_filters::BoxFuture<Response<Body>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))

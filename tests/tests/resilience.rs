@@ -327,6 +327,15 @@ async fn a_per_try_timeout_retries_on_another_endpoint() {
     );
 }
 
+/// Sends one request that waits at `gate`; returns once it is there, with
+/// the handle that yields its status after the gate opens.
+async fn hold_one(proxy: &Proxy, gate: &Gate) -> tokio::task::JoinHandle<http::StatusCode> {
+    let mut first = Client::http1(proxy.main()).await;
+    let held = tokio::spawn(async move { first.get("/slow").await.status });
+    gate.arrived().await;
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_breaker_fails_concurrent_callers_fast() {
     let gate = Gate::new();
@@ -335,9 +344,7 @@ async fn a_full_breaker_fails_concurrent_callers_fast() {
         .cluster("circuit_breaker: { max_requests: 1 }")
         .start()
         .await;
-    let mut first = Client::http1(proxy.main()).await;
-    let held = tokio::spawn(async move { first.get("/slow").await.status });
-    gate.arrived().await;
+    let held = hold_one(&proxy, &gate).await;
 
     let rsp = Client::http1(proxy.main()).await.get("/second").await;
     assert_eq!(rsp.status, 503);
@@ -367,9 +374,7 @@ async fn a_breaker_refusal_is_not_held_against_the_endpoint() {
         .cluster("outlier_detection: { consecutive_failures: 1, max_ejection_percent: 100 }")
         .start()
         .await;
-    let mut first = Client::http1(proxy.main()).await;
-    let held = tokio::spawn(async move { first.get("/slow").await.status });
-    gate.arrived().await;
+    let held = hold_one(&proxy, &gate).await;
 
     // The only upstream connection is busy: a second one is over the limit.
     let rsp = Client::http1(proxy.main()).await.get("/second").await;

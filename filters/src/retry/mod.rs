@@ -19,8 +19,6 @@ pub mod backoff;
 pub mod budget;
 mod peek;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -126,7 +124,7 @@ pub struct Retry<S> {
     ctx: RetryContext,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+type BoxFuture = crate::BoxFuture<Response<Body>>;
 
 impl<S> Service<Request<Body>> for Retry<S>
 where
