@@ -113,6 +113,15 @@ pub struct Listener {
     /// A client must finish its request head within this; default `10s`.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
+    /// Request heads (HTTP/1 header lines, HTTP/2 decoded header list) larger
+    /// than this many KiB get 431 `bad-request`; default 60, as Envoy's
+    /// `max_request_headers_kb`.
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
+    /// Requests with more header fields than this get 431 `bad-request`;
+    /// default 100, as Envoy's `max_headers_count`.
+    #[serde(default = "default_max_request_headers_count")]
+    pub max_request_headers_count: u32,
     /// Read SO_ORIGINAL_DST of redirected connections (issue "Kubernetes").
     #[serde(default)]
     pub transparent: bool,
@@ -129,6 +138,14 @@ pub struct Listener {
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_max_request_headers_kb() -> u32 {
+    60
+}
+
+fn default_max_request_headers_count() -> u32 {
+    100
 }
 
 /// Which side of the workload a listener serves.

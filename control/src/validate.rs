@@ -136,6 +136,21 @@ impl Checker<'_> {
                     "timeout 0s: a timeout is above zero",
                 );
             }
+            // hyper and h2 need headroom above these to parse a head Skiff
+            // then refuses itself (see proxy/src/protocol.rs); 8 MiB and
+            // 10,000 fields are far past anything a real client sends.
+            if !(1..=8192).contains(&l.max_request_headers_kb) {
+                self.at_value(
+                    &format!("{at}.max_request_headers_kb"),
+                    format!("{} is not between 1 and 8192", l.max_request_headers_kb),
+                );
+            }
+            if !(1..=10_000).contains(&l.max_request_headers_count) {
+                self.at_value(
+                    &format!("{at}.max_request_headers_count"),
+                    format!("{} is not between 1 and 10000", l.max_request_headers_count),
+                );
+            }
             self.listener_target(config, &at, l);
         }
     }

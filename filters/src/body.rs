@@ -9,13 +9,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
@@ -36,7 +37,7 @@ pub enum Body {
     /// A request body streaming from the downstream client. Its failures (a
     /// bad chunk, a client gone mid-body) are the client's doing, so they
     /// surface as `bad-request`, never as an upstream's `upstream-reset`.
-    Request(Incoming),
+    Request(RequestBody),
     /// A response body whose end (trailers included) completes a telemetry record.
     Recorded(Incoming, Recorder),
     /// A request body that a retry can send again; see [`ReplayBody`].
@@ -50,6 +51,9 @@ pub enum Body {
     /// A response body that holds a circuit-breaker permit until it ends, so
     /// `max_requests` counts a request for as long as it streams.
     Guarded(Box<Body>, Permit),
+    /// A response body that must end by the route's deadline; see
+    /// [`DeadlineBody`]. Boxed: only routes with a timeout pay for it.
+    Deadline(Box<DeadlineBody>),
     /// Any other body (adapters, tests); boxed, so off the hot path.
     Boxed(BoxBody<Bytes, BoxError>),
 }
@@ -87,6 +91,12 @@ impl Body {
             Body::Guarded(inner, permit) => {
                 Body::Guarded(Box::new(inner.with_recorder(rec)), permit)
             }
+            // The deadline may end the body with trailers of its own, which
+            // the recorder must see: it rides outside, beside the timer.
+            Body::Deadline(mut d) => {
+                d.rec = Some(rec);
+                Body::Deadline(d)
+            }
             other => other,
         }
     }
@@ -110,7 +120,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Request(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
+            Body::Request(b) => b.poll_frame(cx).map_err(|e| {
                 ProxyError::new(Reason::BadRequest, "the request body broke off")
                     .with_source(e)
                     .into()
@@ -130,6 +140,7 @@ impl http_body::Body for Body {
                 None => Pin::new(&mut **rest).poll_frame(cx),
             },
             Body::Guarded(b, _) => Pin::new(&mut **b).poll_frame(cx),
+            Body::Deadline(d) => d.poll_frame(cx),
             Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -138,10 +149,12 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Incoming(b) | Body::Request(b) | Body::Recorded(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::Recorded(b, _) => b.is_end_stream(),
+            Body::Request(b) => b.inner.as_ref().is_none_or(|b| b.is_end_stream()),
             Body::Replay(b) => b.is_end_stream(),
             Body::Peeked { frames, rest } => frames.is_empty() && rest.is_end_stream(),
             Body::Guarded(b, _) => b.is_end_stream(),
+            Body::Deadline(d) => d.inner.as_ref().is_none_or(|b| b.is_end_stream()),
             Body::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -150,7 +163,11 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(b) | Body::Request(b) | Body::Recorded(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::Recorded(b, _) => b.size_hint(),
+            Body::Request(b) => b
+                .inner
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
             Body::Replay(b) => b.size_hint(),
             Body::Peeked { frames, rest } => {
                 let ahead: u64 = frames
@@ -167,8 +184,172 @@ impl http_body::Body for Body {
                 hint
             }
             Body::Guarded(b, _) => b.size_hint(),
+            // The deadline may cut the body short: only the upper bound holds.
+            Body::Deadline(d) => match &d.inner {
+                Some(b) => {
+                    let mut hint = SizeHint::new();
+                    if let Some(upper) = b.size_hint().upper() {
+                        hint.set_upper(upper);
+                    }
+                    hint
+                }
+                None => SizeHint::with_exact(0),
+            },
             Body::Boxed(b) => b.size_hint(),
         }
+    }
+}
+
+// === impl RequestBody ===
+
+/// The downstream client's request body. When Skiff answers without reading
+/// it all (a fault abort, a refusal, an upstream that answered early), the
+/// rest is read and thrown away in the background, up to
+/// [`RequestBody::DRAIN_BYTES`] or [`RequestBody::DRAIN_TIME`], instead of
+/// being dropped at once.
+///
+/// Dropping it at once makes h2 reset the stream (RST_STREAM NO_ERROR, RFC
+/// 9113 §8.1) as soon as the answer is out, while the client may still be
+/// sending: allowed, but clients such as curl then report a stream error
+/// instead of the answer they were given. Drained, the stream ends the
+/// ordinary way once the client has sent its last frame; past the bounds
+/// it is reset as before, so a huge or endless upload costs little.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+}
+
+impl RequestBody {
+    /// Most bytes read and discarded after the answer.
+    pub const DRAIN_BYTES: usize = 64 * 1024;
+    /// Longest time spent reading them.
+    pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(body: Incoming) -> Self {
+        Self { inner: Some(body) }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        Self::new(body)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt;
+            let drained = async {
+                let mut read = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > Self::DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Self::DRAIN_TIME, drained).await;
+        });
+    }
+}
+
+// === impl DeadlineBody ===
+
+/// A response body still streaming when the route's deadline passes is cut
+/// there: the route `timeout` (and a gRPC `grpc-timeout`) bound the whole
+/// exchange, not only the wait for the response head (docs/filters.md).
+///
+/// The head has already gone to the client, so the reason travels in what is
+/// left: a gRPC response ends at once with trailers `grpc-status: 4`
+/// (DEADLINE_EXCEEDED) and `skiff-error: timeout`, a complete gRPC answer
+/// any client reads; any other body fails, which aborts the response (an
+/// HTTP/2 stream reset, an HTTP/1 connection closed before the body's end),
+/// so the client cannot mistake a cut body for a whole one. Either way the
+/// upstream body is dropped, which cancels the upstream request.
+#[derive(Debug)]
+pub struct DeadlineBody {
+    /// `None` once the deadline has passed (or the body has ended).
+    inner: Option<Body>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    grpc: bool,
+    /// The request's telemetry, when the server attached it (`with_recorder`).
+    rec: Option<Recorder>,
+}
+
+impl DeadlineBody {
+    /// `body` bounded by `deadline`; `grpc` picks how a cut body ends.
+    pub fn wrap(body: Body, deadline: tokio::time::Instant, grpc: bool) -> Body {
+        if body.is_end_stream() {
+            return body;
+        }
+        Body::Deadline(Box::new(DeadlineBody {
+            inner: Some(body),
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            grpc,
+            rec: None,
+        }))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(polled) = Pin::new(inner).poll_frame(cx) {
+            match &polled {
+                Some(Ok(frame)) => {
+                    if let (Some(rec), Some(t)) = (self.rec.as_mut(), frame.trailers_ref()) {
+                        rec.observe_trailers(t);
+                    }
+                }
+                None | Some(Err(_)) => self.inner = None,
+            }
+            return Poll::Ready(polled);
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.inner = None;
+        if !self.grpc {
+            return Poll::Ready(Some(Err(ProxyError::new(
+                Reason::Timeout,
+                "the response body did not end within the route timeout",
+            )
+            .into())));
+        }
+        let mut trailers = HeaderMap::with_capacity(3);
+        trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(Reason::Timeout.text()),
+        );
+        trailers.insert(
+            "skiff-error",
+            http::HeaderValue::from_static(Reason::Timeout.as_str()),
+        );
+        if let Some(rec) = self.rec.as_mut() {
+            rec.observe_trailers(&trailers);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 }
 

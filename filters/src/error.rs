@@ -31,6 +31,12 @@ pub enum Reason {
     /// `Host`, or a request body that broke off (a bad chunk, a client gone
     /// mid-body). Never retried, never counted against an endpoint.
     BadRequest,
+    /// `bad-request` for a request head over the listener's
+    /// `max_request_headers_kb` or `max_request_headers_count`: 431.
+    HeadTooLarge,
+    /// `bad-request` for a transfer coding Skiff does not know (RFC 9112
+    /// §6.1: a server answers 501 rather than guess the body's framing).
+    UnknownCoding,
     /// Fault injection: the status comes with the fault's config.
     FaultInjected {
         status: u16,
@@ -49,8 +55,37 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::RateLimited => "rate-limited",
             Reason::Forbidden => "forbidden",
-            Reason::BadRequest => "bad-request",
+            Reason::BadRequest | Reason::HeadTooLarge | Reason::UnknownCoding => "bad-request",
             Reason::FaultInjected { .. } => "fault-injected",
+        }
+    }
+
+    /// Whether the failure's detail speaks only of the caller's own request
+    /// (its identity, method, path, body), so the reply may carry it.
+    fn is_about_the_caller(self) -> bool {
+        matches!(
+            self,
+            Reason::Forbidden | Reason::BadRequest | Reason::HeadTooLarge | Reason::UnknownCoding
+        )
+    }
+
+    /// The short text a caller reads in the body or `grpc-message`. Fixed
+    /// per reason: what went wrong inside (endpoint addresses, cluster
+    /// names, causes) goes to the log and `/clusters`, never to the network.
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no route matches the request",
+            Reason::ConnectFailed => "could not connect to the upstream service",
+            Reason::NoHealthyEndpoints => "the upstream service has no healthy endpoint",
+            Reason::CircuitOpen => "the upstream service's circuit breaker is open",
+            Reason::UpstreamReset => "the upstream service reset the request",
+            Reason::Timeout => "the request timed out",
+            Reason::RateLimited => "rate limited",
+            Reason::Forbidden => "not allowed by the authorization policy",
+            Reason::BadRequest => "malformed request",
+            Reason::HeadTooLarge => "request headers too large",
+            Reason::UnknownCoding => "transfer coding not implemented",
+            Reason::FaultInjected { .. } => "fault injected",
         }
     }
 
@@ -65,6 +100,8 @@ impl Reason {
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
             Reason::FaultInjected { status, .. } => {
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -82,8 +119,8 @@ impl Reason {
             Reason::Timeout => 4,
             Reason::RateLimited => 8,
             Reason::Forbidden => 7,
-            // gRPC's mapping of HTTP 400.
-            Reason::BadRequest => 13,
+            // gRPC's mapping of HTTP 400 (SPEC.md: INTERNAL for all three).
+            Reason::BadRequest | Reason::HeadTooLarge | Reason::UnknownCoding => 13,
             Reason::FaultInjected {
                 grpc_status: Some(code),
                 ..
@@ -111,8 +148,8 @@ fn grpc_from_http(status: u16) -> u32 {
     }
 }
 
-/// A failure Skiff detected itself. `detail` is for logs and `grpc-message`;
-/// it never contains secrets, only addresses and causes.
+/// A failure Skiff detected itself. `detail` is for logs only (it may name
+/// addresses and causes, never secrets); callers get `Reason::text`.
 #[derive(Debug)]
 pub struct ProxyError {
     reason: Reason,
@@ -204,8 +241,11 @@ pub fn proxy_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a ProxyErr
 /// status from there and treat other HTTP statuses as transport failures.
 pub fn respond(err: &(dyn StdError + 'static), grpc: bool) -> Response<Body> {
     let reason = reason_of(err);
-    let message = render_chain(err);
-    reply(reason, &message, grpc)
+    match proxy_error(err) {
+        // Who the caller is and what it asked for is the caller's to know.
+        Some(p) if reason.is_about_the_caller() => reply(reason, &p.detail, grpc),
+        _ => reply(reason, reason.text(), grpc),
+    }
 }
 
 /// The reply for `reason`, with `message` as the body or `grpc-message`.
@@ -230,7 +270,8 @@ pub fn reply(reason: Reason, message: &str, grpc: bool) -> Response<Body> {
     rsp
 }
 
-fn render_chain(err: &(dyn StdError + 'static)) -> String {
+/// The whole cause chain in one line, for logs (never for replies).
+pub fn render_chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

@@ -67,6 +67,14 @@ pub struct HandshakeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub listener: Arc<str>,
+    /// `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`,
+    /// `bad-host`, `header-timeout`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConfigUpdateLabels {
     pub source: &'static str,
     /// `applied` or `rejected`.
@@ -93,6 +101,7 @@ pub struct Metrics {
     rate_limited: Family<RouteLabels, Counter>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
     config_updates: Family<ConfigUpdateLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +168,12 @@ impl Metrics {
             "Configs received, applied or rejected",
             config_updates.clone(),
         );
+        let refusals = Family::default();
+        registry.register(
+            "downstream_refusals",
+            "Requests and connections refused before routing, by why",
+            refusals.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -171,6 +186,7 @@ impl Metrics {
             rate_limited,
             tls_handshakes,
             config_updates,
+            refusals,
         })
     }
 
@@ -231,6 +247,16 @@ impl Metrics {
     pub fn config_update(&self, source: &'static str, result: &'static str) {
         self.config_updates
             .get_or_create(&ConfigUpdateLabels { source, result })
+            .inc();
+    }
+
+    /// Counts a request or connection refused before it reached a route.
+    pub fn refused(&self, listener: &Arc<str>, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                listener: listener.clone(),
+                reason,
+            })
             .inc();
     }
 

@@ -250,7 +250,11 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
                 shared: shared.clone(),
             },
             p => Serve::Http {
-                builder: Arc::new(protocol::builder(p, l.header_timeout.get())),
+                servers: Arc::new(protocol::servers(
+                    p,
+                    l.header_timeout.get(),
+                    protocol::HeadLimits::of(l),
+                )),
                 handler: Handler {
                     shared: shared.clone(),
                     listener: Arc::new(ListenerCtx {
@@ -258,6 +262,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
                         direction: l.direction,
                         routes: l.routes.clone().unwrap_or_default(),
                         header_timeout: l.header_timeout.get(),
+                        limits: protocol::HeadLimits::of(l),
                     }),
                     peer: None,
                 },

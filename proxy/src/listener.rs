@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use skiff_filters::telemetry::Metrics;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::app::Shared;
+use crate::protocol::Servers;
 use crate::server::{self, Handler};
 use crate::shutdown::Watch;
 use crate::tls::{Accepted, Inbound};
@@ -17,7 +16,7 @@ use crate::upstream::{self, Io};
 /// What a listener does with an accepted connection.
 pub enum Serve {
     Http {
-        builder: Arc<auto::Builder<TokioExecutor>>,
+        servers: Arc<Servers>,
         handler: Handler,
     },
     /// A plain TCP relay to the named cluster.
@@ -61,19 +60,19 @@ pub async fn run(
         let guard = metrics.connection_opened(&name);
         let watch = drain.clone();
         match (&serve, tls.clone()) {
-            (Serve::Http { builder, handler }, None) => {
-                let (builder, handler) = (builder.clone(), handler.clone());
+            (Serve::Http { servers, handler }, None) => {
+                let (servers, handler) = (servers.clone(), handler.clone());
                 tokio::spawn(async move {
-                    server::serve_connection(stream, builder, handler, watch).await;
+                    server::serve_connection(stream, servers, handler, watch).await;
                     drop(guard);
                 });
             }
-            (Serve::Http { builder, handler }, Some(tls)) => {
-                let (builder, mut handler) = (builder.clone(), handler.clone());
+            (Serve::Http { servers, handler }, Some(tls)) => {
+                let (servers, mut handler) = (servers.clone(), handler.clone());
                 tokio::spawn(async move {
                     if let Some(Accepted { io, peer }) = tls.accept(stream).await {
                         handler.peer = peer;
-                        server::serve_connection(io, builder, handler, watch).await;
+                        server::serve_connection(io, servers, handler, watch).await;
                     }
                     drop(guard);
                 });

@@ -275,9 +275,18 @@ fn init_logs(level: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(colour_logs()).init(),
+        // JSON is read by programs: never any escape sequence.
+        LogFormat::Json => builder.with_ansi(false).json().init(),
     }
+}
+
+/// Colour only for a person at a terminal: not under Kubernetes or podman
+/// (`kubectl logs`), not into a file or pipe, and never when `NO_COLOR` is
+/// set to anything (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 /// The effective config as one JSON line for the log, with header values

@@ -1,36 +1,46 @@
-//! Which HTTP versions a listener speaks, as a hyper connection builder.
+//! Which HTTP version a connection speaks, and the hyper servers for each.
 //!
-//! `auto` relies on hyper-util's sniffing: a connection that opens with the
-//! HTTP/2 prior-knowledge preface is served as h2c, anything else as HTTP/1.x.
-//! Over TLS the same sniffing applies to the decrypted stream; ALPN only
-//! tells the client what the listener speaks.
+//! Skiff reads a new connection's first bytes itself ([`sniff`]): the HTTP/2
+//! prior-knowledge preface means HTTP/2, anything else HTTP/1.x. Then the
+//! listener's `protocol` decides (docs/configuration.md):
+//!
+//! * `auto` serves either;
+//! * `http1` never serves HTTP/2: the preface gets the answer an HTTP/1.1
+//!   server gives a request line it cannot serve (505, `skiff-error:
+//!   bad-request`), then the connection closes;
+//! * `http2` never serves HTTP/1: anything but the preface is a connection
+//!   error (RFC 9113 §3.4), answered with GOAWAY `PROTOCOL_ERROR`.
+//!
+//! Each refusal is counted in `skiff_downstream_refusals_total{reason=
+//! "wrong-protocol"}`. hyper-util's auto builder is not used: when it serves
+//! with upgrades it sniffs on its own and ignores `http1_only`/`http2_only`.
+//! Over TLS the same rules apply to the decrypted stream, and ALPN offers
+//! only the listener's protocol.
 //!
 //! Before that, a listener with `tls.mode: permissive` sniffs one byte: a TLS
 //! handshake record starts with 0x16, which no HTTP/1 method or HTTP/2
 //! preface does, so mTLS and plaintext share the port (see `tls::Inbound`).
 //!
-//! hyper's `header_read_timeout` only starts once hyper-util has decided the
-//! connection is HTTP/1, and HTTP/2 has no head timeout at all, so a client
-//! that sends nothing, or half of the h2 preface, would hold its connection
-//! forever. [`PrefaceDeadline`] closes that gap.
+//! The sniff must end within `header_timeout`, so a client that sends nothing,
+//! or half of the h2 preface, cannot hold its connection; after it, hyper's
+//! `header_read_timeout` bounds each HTTP/1 request head.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use skiff_control::model::ListenerProtocol;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use skiff_control::model::{Listener, ListenerProtocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 /// The content type of a TLS handshake record: a ClientHello's first byte.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What an HTTP/2 prior-knowledge client sends first.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// HTTP/2 streams a client may open and reset before the server has
 /// accepted them (h2's default, made explicit): the "rapid reset" attack
@@ -39,6 +49,33 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// Stream errors a client may provoke on one connection before it is closed
 /// (hyper's default, made explicit; CVE-2024-27316-style floods).
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// How far hyper and h2 parse past Skiff's own head limits, so that a head
+/// over the limit still reaches Skiff's handler and gets its 431 with
+/// `skiff-error` and a count. Past this headroom hyper refuses on its own
+/// (HTTP/1: a bare 431; HTTP/2: h2's 431 and a stream reset), which Skiff
+/// counts from the connection's error where hyper reports one
+/// (docs/filters.md, "Refusals hyper makes").
+const PARSER_HEADROOM: usize = 4;
+/// The least head size hyper and h2 accept, whatever the listener's limit.
+const MIN_PARSER_HEAD_BYTES: usize = 1024 * 1024;
+
+/// The answer to an HTTP/2 preface on an `http1` listener.
+const HTTP1_ONLY_REPLY: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
+skiff-error: bad-request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 35\r\n\
+connection: close\r\n\
+\r\n\
+this listener speaks HTTP/1.1 only\n";
+
+/// GOAWAY (last stream 0, `PROTOCOL_ERROR`): the answer to anything but the
+/// HTTP/2 preface on an `http2` listener.
+const HTTP2_ONLY_REPLY: &[u8] = &[
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // length 8, GOAWAY, no flags, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 1, // PROTOCOL_ERROR
+];
 
 /// Whether the client opened with a TLS handshake. Peeks, so the byte is
 /// still there for whoever reads next; waits for the first byte.
@@ -61,17 +98,103 @@ pub fn alpn(protocol: ListenerProtocol) -> Vec<Vec<u8>> {
     }
 }
 
-/// The connection builder for one listener.
-pub fn builder(
+/// The HTTP version a connection opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spoken {
+    Http1,
+    Http2,
+}
+
+/// What to do with a sniffed connection on a listener of `protocol`: serve
+/// it, or refuse it with these bytes.
+pub fn admit(protocol: ListenerProtocol, spoken: Spoken) -> Result<Spoken, &'static [u8]> {
+    match (protocol, spoken) {
+        (ListenerProtocol::Http1, Spoken::Http2) => Err(HTTP1_ONLY_REPLY),
+        (ListenerProtocol::Http2, Spoken::Http1) => Err(HTTP2_ONLY_REPLY),
+        (_, spoken) => Ok(spoken),
+    }
+}
+
+/// Reads until the first bytes leave the HTTP/2 preface (HTTP/1) or complete
+/// it (HTTP/2), within `timeout`. The bytes read are handed back in front of
+/// the stream, so the server sees the connection from its first byte.
+/// Fails when the client closes or times out before that.
+pub async fn sniff<I: AsyncRead + Unpin>(
+    mut io: I,
+    timeout: Duration,
+) -> io::Result<(Spoken, Prefixed<I>)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    let decided = tokio::time::timeout(timeout, async {
+        loop {
+            let n = io.read(&mut buf[len..]).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            len += n;
+            if buf[..len] != H2_PREFACE[..len] {
+                return Ok(Spoken::Http1);
+            }
+            if len == H2_PREFACE.len() {
+                return Ok(Spoken::Http2);
+            }
+        }
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request within header_timeout"))??;
+    Ok((
+        decided,
+        Prefixed {
+            buf,
+            pos: 0,
+            len,
+            io,
+        },
+    ))
+}
+
+/// Head limits of one listener (`max_request_headers_kb`, `..._count`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Bytes of header names and values, the request target included.
+    pub bytes: usize,
+    /// Header fields.
+    pub count: usize,
+}
+
+impl HeadLimits {
+    pub fn of(l: &Listener) -> Self {
+        Self {
+            bytes: l.max_request_headers_kb as usize * 1024,
+            count: l.max_request_headers_count as usize,
+        }
+    }
+}
+
+/// The hyper servers of one listener, built once and shared by its connections.
+#[derive(Debug)]
+pub struct Servers {
+    pub protocol: ListenerProtocol,
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
+}
+
+/// The servers for one listener.
+pub fn servers(
     protocol: ListenerProtocol,
     header_timeout: Duration,
-) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+    limits: HeadLimits,
+) -> Servers {
+    let parser_bytes = (limits.bytes * PARSER_HEADROOM).max(MIN_PARSER_HEAD_BYTES);
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    b.http2()
+        .keep_alive(true)
+        .max_buf_size(parser_bytes)
+        .max_headers(limits.count * PARSER_HEADROOM);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         // Follow the peer's bandwidth-delay product instead of a fixed 64 KiB
         // window, so large streams (8 MiB bodies, gRPC streams) keep moving.
@@ -79,84 +202,44 @@ pub fn builder(
         .max_concurrent_streams(1024)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_header_list_size(u32::try_from(parser_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    match protocol {
-        ListenerProtocol::Http1 => b.http1_only(),
-        ListenerProtocol::Http2 => b.http2_only(),
-        ListenerProtocol::Auto | ListenerProtocol::Tcp => b,
+    Servers {
+        protocol,
+        http1,
+        http2,
     }
 }
 
-// === impl PrefaceDeadline ===
+// === impl Prefixed ===
 
-/// A downstream connection that must show what it speaks within
-/// `header_timeout`: reads fail with `TimedOut` unless, by then, the bytes
-/// have left the HTTP/2 preface (HTTP/1, where hyper's own
-/// `header_read_timeout` takes over) or completed it (HTTP/2). After that the
-/// wrapper only passes reads and writes through.
-pub struct PrefaceDeadline<I> {
+/// A stream with the bytes [`sniff`] read put back in front of it. The
+/// buffer is the preface's 24 bytes, inline: nothing per connection on the heap.
+pub struct Prefixed<I> {
+    buf: [u8; H2_PREFACE.len()],
+    pos: usize,
+    len: usize,
     io: I,
-    /// `None` once the connection has shown its protocol (or ended).
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// How many bytes of `H2_PREFACE` the client has sent so far.
-    matched: usize,
 }
 
-impl<I> PrefaceDeadline<I> {
-    /// Boxes one timer per connection, never per request.
-    pub fn new(io: I, timeout: Duration) -> Self {
-        Self {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-            matched: 0,
-        }
-    }
-
-    /// Follows the preface through `new` bytes; true once the protocol is known.
-    fn decided(&mut self, new: &[u8]) -> bool {
-        let rest = &H2_PREFACE[self.matched..];
-        let n = new.len().min(rest.len());
-        if new.is_empty() || new[..n] != rest[..n] {
-            return true;
-        }
-        self.matched += n;
-        self.matched == H2_PREFACE.len()
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let Some(deadline) = this.deadline.as_mut() else {
-            return polled;
-        };
-        match &polled {
-            Poll::Ready(Ok(())) => {
-                if this.decided(&buf.filled()[before..]) {
-                    this.deadline = None;
-                }
-            }
-            Poll::Ready(Err(_)) => this.deadline = None,
-            Poll::Pending => {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no request head within header_timeout",
-                    )));
-                }
-            }
+        if this.pos < this.len {
+            let n = (this.len - this.pos).min(out.remaining());
+            out.put_slice(&this.buf[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
         }
-        polled
+        Pin::new(&mut this.io).poll_read(cx, out)
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -189,37 +272,72 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
-    /// Each line: what the client sends, and whether the read then times out.
+    /// Each line: what the client sends before going quiet, and what the
+    /// sniff decides (`None`: the header timeout ends it). Paused time: the
+    /// timeout fires at 200ms exactly, however busy the machine.
     #[tokio::test(start_paused = true)]
-    async fn the_deadline_ends_only_undecided_connections() {
-        let cases: [(&[u8], bool); 6] = [
-            (b"", true),
-            (b"PRI * HTTP/2.0\r\n", true),
-            (b"P", true),
-            (b"GET / HTTP/1.1\r\n", false),
-            (b"PX", false),
-            (H2_PREFACE, false),
+    async fn the_sniff_decides_or_times_out() {
+        let cases: [(&[u8], Option<Spoken>); 7] = [
+            (b"", None),
+            (b"PRI * HTTP/2.0\r\n", None),
+            (b"P", None),
+            (b"GET / HTTP/1.1\r\n", Some(Spoken::Http1)),
+            (b"PX", Some(Spoken::Http1)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nmore", Some(Spoken::Http2)),
+            (H2_PREFACE, Some(Spoken::Http2)),
         ];
-        for (sent, times_out) in cases {
-            let (client, server) = tokio::io::duplex(1024);
-            let mut io = PrefaceDeadline::new(server, Duration::from_millis(200));
-            let mut client = client;
+        for (sent, expected) in cases {
+            let (mut client, server) = tokio::io::duplex(1024);
             client.write_all(sent).await.unwrap();
-            let mut got = vec![0u8; sent.len()];
-            io.read_exact(&mut got).await.unwrap();
-            let mut more = [0u8; 1];
-            let read = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut more)).await;
-            match read {
-                Ok(Err(e)) => {
-                    assert!(times_out, "{sent:?}: {e}");
-                    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            let started = tokio::time::Instant::now();
+            match (sniff(server, Duration::from_millis(200)).await, expected) {
+                (Ok((spoken, mut io)), Some(expected)) => {
+                    assert_eq!(spoken, expected, "{sent:?}");
+                    // Every byte the client sent is read back, in order.
+                    let mut got = vec![0u8; sent.len()];
+                    io.read_exact(&mut got).await.unwrap();
+                    assert_eq!(got, sent);
                 }
-                Err(_) => assert!(!times_out, "{sent:?} should have timed out"),
-                Ok(Ok(n)) => panic!("{sent:?}: read {n} bytes from nowhere"),
+                (Err(e), None) => {
+                    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{sent:?}");
+                    assert_eq!(started.elapsed(), Duration::from_millis(200));
+                }
+                (other, expected) => panic!(
+                    "{sent:?}: {:?}, expected {expected:?}",
+                    other.map(|(s, _)| s)
+                ),
             }
-            drop(client);
         }
+    }
+
+    #[test]
+    fn each_protocol_admits_only_itself() {
+        use ListenerProtocol::*;
+        for (protocol, spoken, admitted) in [
+            (Auto, Spoken::Http1, true),
+            (Auto, Spoken::Http2, true),
+            (Http1, Spoken::Http1, true),
+            (Http1, Spoken::Http2, false),
+            (Http2, Spoken::Http2, true),
+            (Http2, Spoken::Http1, false),
+        ] {
+            assert_eq!(
+                admit(protocol, spoken).is_ok(),
+                admitted,
+                "{protocol:?} {spoken:?}"
+            );
+        }
+        assert_eq!(
+            HTTP1_ONLY_REPLY.len()
+                - HTTP1_ONLY_REPLY
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .unwrap()
+                - 4,
+            35,
+            "content-length matches the body"
+        );
     }
 }

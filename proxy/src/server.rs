@@ -4,23 +4,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
+use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use skiff_control::model::Direction;
 use skiff_filters::authz::PeerIdentity;
 use skiff_filters::error::{self, Reason};
 use skiff_filters::telemetry::Recorder;
 use skiff_filters::{Body, classify, headers};
+use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::app::Shared;
-use crate::protocol::PrefaceDeadline;
+use crate::protocol::{self, HeadLimits, Servers, Spoken};
 use crate::shutdown::Watch;
 
 /// What a request needs to know about the listener it arrived on.
@@ -31,9 +31,11 @@ pub struct ListenerCtx {
     /// The route table serving this listener.
     pub routes: String,
     /// `header_timeout`: how long a new connection may take to show its
-    /// protocol (see `protocol::PrefaceDeadline`) and, for HTTP/1, to send
-    /// each request head.
+    /// protocol (see `protocol::sniff`) and, for HTTP/1, to send each
+    /// request head.
     pub header_timeout: Duration,
+    /// `max_request_headers_kb` and `max_request_headers_count`.
+    pub limits: HeadLimits,
 }
 
 /// Serves requests of one listener; cloned per connection (two `Arc`s,
@@ -60,9 +62,12 @@ impl Handler {
             rec.peer_identity = peer.0.clone();
         }
         let grpc = classify::is_grpc(req.headers());
-        if let Some(why) = host_problem(&req) {
-            debug!(listener = %self.listener.name, why, "bad request");
-            return finish(error::reply(Reason::BadRequest, why, grpc), rec);
+        if let Err(refusal) = admit(&mut req, self.listener.limits) {
+            debug!(listener = %self.listener.name, why = refusal.message, "request refused");
+            self.shared
+                .metrics
+                .refused(&self.listener.name, refusal.counted_as);
+            return finish(error::reply(refusal.reason, refusal.message, grpc), rec);
         }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -95,16 +100,33 @@ impl Handler {
                     target.service.clone()
                 }
                 None => {
-                    let msg = format!("no route for {} {}", req.method(), req.uri().path());
-                    return finish(error::reply(Reason::NoRoute, &msg, grpc), rec);
+                    debug!(listener = %self.listener.name, method = %req.method(), path = req.uri().path(), "no route");
+                    return finish(
+                        error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc),
+                        rec,
+                    );
                 }
             }
         };
 
-        let mut rsp = match service.oneshot(req.map(Body::Request)).await {
+        let mut rsp = match service.oneshot(req.map(|b| Body::Request(b.into()))).await {
             Ok(rsp) => rsp,
             Err(e) => {
-                debug!(listener = %self.listener.name, route = %rec.route, error = %e, "request failed");
+                // The whole story (endpoint addresses, causes) goes to the
+                // log; the caller gets the reason and a short text.
+                let reason = error::reason_of(&*e);
+                let chain = error::render_chain(&*e);
+                match reason {
+                    Reason::ConnectFailed
+                    | Reason::UpstreamReset
+                    | Reason::NoHealthyEndpoints
+                    | Reason::Timeout => {
+                        info!(listener = %self.listener.name, route = %rec.route, cluster = %rec.cluster, %reason, error = %chain, "request failed");
+                    }
+                    _ => {
+                        debug!(listener = %self.listener.name, route = %rec.route, %reason, error = %chain, "request refused");
+                    }
+                }
                 error::respond(&*e, grpc)
             }
         };
@@ -116,6 +138,91 @@ impl Handler {
         }
         finish(rsp, rec)
     }
+}
+
+/// Why Skiff refuses a request before routing it.
+struct Refusal {
+    reason: Reason,
+    /// The `reason` label of `skiff_downstream_refusals_total`.
+    counted_as: &'static str,
+    /// For the caller: about its own request, never about the inside.
+    message: &'static str,
+}
+
+/// Checks a request's head before it is routed, and makes routing,
+/// authorization, logs and the upstream agree on one authority: an
+/// absolute-form target (`GET http://a.example/ HTTP/1.1`) or an HTTP/2
+/// `:authority` names the host, and a `Host` header saying otherwise is
+/// replaced by it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+fn admit<B>(req: &mut Request<B>, limits: HeadLimits) -> Result<(), Refusal> {
+    if let Some(why) = host_problem(req) {
+        return Err(Refusal {
+            reason: Reason::BadRequest,
+            counted_as: "bad-host",
+            message: why,
+        });
+    }
+    if req.version() <= Version::HTTP_11 && !codings_known(req) {
+        return Err(Refusal {
+            reason: Reason::UnknownCoding,
+            counted_as: "unknown-coding",
+            message: "only the chunked transfer coding is implemented",
+        });
+    }
+    let (bytes, fields) = head_size(req);
+    if bytes > limits.bytes || fields > limits.count {
+        return Err(Refusal {
+            reason: Reason::HeadTooLarge,
+            counted_as: "head-too-large",
+            message: if fields > limits.count {
+                "too many request header fields"
+            } else {
+                "request headers too large"
+            },
+        });
+    }
+    if let Some(authority) = req.uri().authority() {
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, h)| h);
+        if req
+            .headers()
+            .get(HOST)
+            .is_none_or(|h| h.as_bytes() != host.as_bytes())
+        {
+            // An authority that parsed as a URI is a valid header value.
+            if let Ok(v) = HeaderValue::from_str(host) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether every transfer coding is one Skiff can frame a body by: hyper
+/// refuses a last coding other than `chunked`, but forwards `x, chunked` as
+/// if `x` were not there.
+fn codings_known<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .all(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// A request head's size as Envoy counts it for `max_request_headers_kb`
+/// (names and values, the target included), and its number of fields.
+fn head_size<B>(req: &Request<B>) -> (usize, usize) {
+    let h = req.headers();
+    let bytes = h
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum::<usize>()
+        + req.method().as_str().len()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    (bytes, h.len())
 }
 
 /// Why a request's `Host` makes it unfit to forward, per RFC 9112 §3.2: an
@@ -169,34 +276,87 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut drain: Watch) {
 
 /// Serves one accepted connection until it closes, shutting it down
 /// gracefully (GOAWAY / `Connection: close`) when the drain starts.
-pub async fn serve_connection<I>(
-    io: I,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    handler: Handler,
-    mut drain: Watch,
-) where
+///
+/// The connection first shows which HTTP version it speaks
+/// (`protocol::sniff`, bounded by `header_timeout`); a listener refuses a
+/// version it is not configured for (`protocol::admit`).
+pub async fn serve_connection<I>(io: I, servers: Arc<Servers>, handler: Handler, mut drain: Watch)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let io = PrefaceDeadline::new(io, handler.listener.header_timeout);
+    let listener = handler.listener.name.clone();
+    let metrics = handler.shared.metrics.clone();
+    let (spoken, mut io) = match protocol::sniff(io, handler.listener.header_timeout).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                metrics.refused(&listener, "header-timeout");
+            }
+            debug!(%listener, error = %e, "connection closed before it showed its protocol");
+            return;
+        }
+    };
+    let spoken = match protocol::admit(servers.protocol, spoken) {
+        Ok(spoken) => spoken,
+        Err(reply) => {
+            metrics.refused(&listener, "wrong-protocol");
+            debug!(%listener, protocol = %servers.protocol, ?spoken, "wrong protocol: connection refused");
+            let _ = io.write_all(reply).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
     let for_tunnels = Arc::new(drain.clone());
     let service = service_fn(move |req| {
         let (h, d) = (handler.clone(), for_tunnels.clone());
         async move { Ok::<_, std::convert::Infallible>(h.handle(req, &d).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => return log_end(res),
-        _ = drain.draining() => conn.as_mut().graceful_shutdown(),
+    let io = TokioIo::new(io);
+    // The same drain for both versions; hyper's two connection types share
+    // no trait for `graceful_shutdown`.
+    macro_rules! serve_until_drained {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                res = conn.as_mut() => Some(res),
+                _ = drain.draining() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        res = conn => Some(res),
+                        _ = drain.terminated() => None,
+                    }
+                }
+            };
+            match res {
+                Some(res) => log_end(res, &metrics, &listener),
+                None => debug!("drain timeout: connection closed"),
+            }
+        }};
     }
-    tokio::select! {
-        res = conn => log_end(res),
-        _ = drain.terminated() => debug!("drain timeout: connection closed"),
+    match spoken {
+        Spoken::Http1 => {
+            serve_until_drained!(servers.http1.serve_connection(io, service).with_upgrades())
+        }
+        Spoken::Http2 => serve_until_drained!(servers.http2.serve_connection(io, service)),
     }
 }
 
-fn log_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(e) = res {
-        debug!(error = %e, "downstream connection ended with an error");
+/// Logs how a connection ended, and counts the requests hyper refused on its
+/// own: past Skiff's limits' headroom (`protocol::PARSER_HEADROOM`) or
+/// unparseable, they never reached `Handler::handle`.
+fn log_end(
+    res: Result<(), hyper::Error>,
+    metrics: &skiff_filters::telemetry::Metrics,
+    listener: &Arc<str>,
+) {
+    let Err(e) = res else { return };
+    if e.is_parse_too_large() {
+        metrics.refused(listener, "head-too-large");
+    } else if e.is_parse() {
+        metrics.refused(listener, "malformed");
+    } else if e.is_timeout() {
+        metrics.refused(listener, "header-timeout");
     }
+    debug!(error = %e, "downstream connection ended with an error");
 }

@@ -425,11 +425,8 @@ fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     // error; when that body is the client's (`Body::Request`) and it broke
     // off, the client is to blame, and the endpoint is not named.
     if error::proxy_error(&e).is_some_and(|p| p.reason() == Reason::BadRequest) {
-        return ProxyError::new(
-            Reason::BadRequest,
-            format!("request body to {} broke off", ep.address),
-        )
-        .with_source(e);
+        // The detail goes back to the client: no address in it.
+        return ProxyError::new(Reason::BadRequest, "the request body broke off").with_source(e);
     }
     ProxyError::new(
         Reason::UpstreamReset,

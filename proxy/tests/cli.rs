@@ -145,3 +145,55 @@ fn get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// Logs read by programs (`kubectl logs`, podman, a file, a pipe) carry no
+/// colour codes: in the default text format and in JSON, what a spawned
+/// proxy writes to a pipe holds no ESC byte. Each line: the format flags.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    for format in [
+        &[][..],
+        &["--log-format", "text"],
+        &["--log-format", "json"],
+    ] {
+        let mut child = skiff()
+            .arg("run")
+            .args(format)
+            .arg("-c")
+            .arg(&path)
+            // Whatever the caller's environment says about colour.
+            .env_remove("NO_COLOR")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut line = String::new();
+        // Up to the readiness line, which every format writes.
+        while !line.contains("ready") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "{format:?}: skiff exited early: {seen}"
+            );
+            seen.push_str(&line);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        seen.push_str(&rest);
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{format:?}");
+        assert!(
+            !seen.contains('\u{1b}'),
+            "{format:?}: colour codes in {seen:?}"
+        );
+        assert!(
+            seen.contains("INFO") || seen.contains("\"INFO\""),
+            "{format:?}: {seen}"
+        );
+    }
+}

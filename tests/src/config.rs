@@ -30,6 +30,7 @@ use crate::Proxy;
 pub struct Config {
     endpoints: Vec<SocketAddr>,
     listener_protocol: Option<String>,
+    listener: Vec<String>,
     cluster_protocol: Option<String>,
     drain_timeout: Option<String>,
     route_name: Option<String>,
@@ -50,6 +51,7 @@ impl Config {
         Self {
             endpoints: endpoints.to_vec(),
             listener_protocol: None,
+            listener: Vec::new(),
             cluster_protocol: None,
             drain_timeout: None,
             route_name: None,
@@ -61,6 +63,12 @@ impl Config {
     /// Listener `main`'s `protocol` (`auto`, `http1`, `http2`, `tcp`).
     pub fn listener_protocol(mut self, protocol: &str) -> Self {
         self.listener_protocol = Some(protocol.to_owned());
+        self
+    }
+
+    /// Adds flow-style keys to listener `main`, e.g. `"max_request_headers_kb: 8"`.
+    pub fn listener(mut self, keys: &str) -> Self {
+        self.listener.push(keys.to_owned());
         self
     }
 
@@ -105,8 +113,9 @@ impl Config {
             .listener_protocol
             .as_ref()
             .map_or(String::new(), |p| format!("protocol: {p}, "));
+        let extra: String = self.listener.iter().map(|k| format!("{k}, ")).collect();
         out.push_str(&format!(
-            "listeners:\n  - {{ name: main, address: 127.0.0.1:0, {protocol}routes: main }}\n"
+            "listeners:\n  - {{ name: main, address: 127.0.0.1:0, {protocol}{extra}routes: main }}\n"
         ));
         out.push_str("routes:\n  main:\n");
         match &self.route_name {

@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 /// The proxy under test and its always-healthy backend: listener `main`
 /// (protocol `listener`, `header_timeout: 200ms`), `GET /alive` to cluster
 /// `good`, `/hold` held by a 60s fault delay (streams that stay open without
-/// touching an upstream), everything else to cluster `app` at `app`.
+/// touching an upstream), `/abort...` aborted by a fault (503, every
+/// time), everything else to cluster `app` at `app`.
 async fn start(listener: &str, app: SocketAddr, app_extra: &str) -> (Proxy, Listening) {
     let good = Backend::auto().spawn().await;
     let config = format!(
@@ -37,6 +38,10 @@ routes:
       match: {{ path: {{ exact: /hold }} }}
       cluster: good
       fault: {{ delay: {{ duration: 60s, percent: 100 }} }}
+    - name: abort
+      match: {{ path: {{ prefix: /abort }} }}
+      cluster: good
+      fault: {{ abort: {{ status: 503, percent: 100 }} }}
     - cluster: app
 clusters:
   good: {{ endpoints: [{good}] }}
@@ -743,6 +748,83 @@ async fn h2_rapid_reset_is_cut_off() {
 }
 
 // === gRPC ===
+
+const DATA: u8 = 0x0;
+const PING: u8 = 0x6;
+const NO_ERROR: u32 = 0x0;
+
+/// A fault-aborted gRPC call is answered before its request body is read.
+/// The answer must reach the client whole (trailers-only: one HEADERS frame
+/// with END_STREAM) before anything else about the stream, and the only
+/// reset that may follow is NO_ERROR (RFC 9113 §8.1): never a stream error
+/// a client reports instead of the status. Deterministic: the raw client
+/// sends the request body only after the response head has arrived (the
+/// order that lost the race from outside), then proves with a PING that
+/// the server has read it. Skiff reads the rest of the body instead of
+/// resetting the stream under the client (`body::RequestBody`), so no
+/// reset comes at all while the client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_aborted_grpc_call_is_answered_whole_before_any_reset() {
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    for round in 0..20u32 {
+        let mut conn = RawH2::open(proxy.main()).await;
+        let head = hpack(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/abort/pkg.Svc/Unary"),
+            (":authority", "skiff.test"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]);
+        conn.send(&frame(HEADERS, END_HEADERS, 1, &head)).await;
+        let first = conn
+            .until(|f| f.stream == 1)
+            .await
+            .unwrap_or_else(|| panic!("round {round}: closed without an answer"));
+        assert_eq!(first.kind, HEADERS, "round {round}: {first:?}");
+        assert_eq!(
+            first.flags & END_STREAM,
+            END_STREAM,
+            "round {round}: trailers-only, complete in one frame: {first:?}"
+        );
+        // The stream stays open for the client to finish its request: a
+        // PING's ACK comes back with no reset before it.
+        conn.send(&frame(PING, 0, 0, b"skiffp!?")).await;
+        loop {
+            let f = conn
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("round {round}: closed before the PING ACK"));
+            match f.kind {
+                PING if f.flags & ACK == ACK => break,
+                RST_STREAM | GOAWAY => {
+                    panic!("round {round}: the client was still sending: {f:?}")
+                }
+                _ => {}
+            }
+        }
+        // Now the request body, then a PING: its ACK means the server has
+        // read (and dealt with) the DATA frame before it.
+        let mut late = frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]);
+        late.extend(frame(PING, 0, 0, b"skiffp!!"));
+        conn.send(&late).await;
+        loop {
+            let f = conn
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("round {round}: closed before the PING ACK"));
+            match f.kind {
+                PING if f.flags & ACK == ACK => break,
+                RST_STREAM => assert_eq!(f.code(), NO_ERROR, "round {round}: {f:?}"),
+                GOAWAY => panic!("round {round}: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(app.requests(), 0);
+    app.join().await;
+}
 
 /// Each line: a `grpc-timeout` value the gRPC spec does not allow (or an
 /// absurd one). A malformed value is ignored, as gRPC servers do, and a huge

@@ -407,15 +407,10 @@ async fn wrong_server_identity_fails_with_connect_failed() {
     let rsp = Client::http1(addr(&a, "out")).await.get("/x").await;
     assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rsp.header("skiff-error"), Some("connect-failed"));
+    // Who the upstream is and where it listens is for the log, not the caller.
     let body = rsp.text();
-    assert!(
-        body.contains(&format!(
-            "expected {}, presented {}",
-            id("reviews"),
-            id("b")
-        )),
-        "{body}"
-    );
+    assert!(!body.contains(&id("b")), "{body}");
+    assert!(!body.contains(&addr(&b, "in").to_string()), "{body}");
     assert_eq!(backend.requests(), 0);
 }
 

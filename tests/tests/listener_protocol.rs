@@ -1,0 +1,99 @@
+//! `protocol: http1` and `protocol: http2` are kept on plaintext listeners,
+//! checked with the real `curl` and with raw bytes: an HTTP/2 preface on an
+//! `http1` listener gets 505 (`skiff-error: bad-request`) and a close, an
+//! HTTP/1 request on an `http2` listener gets GOAWAY `PROTOCOL_ERROR`; each
+//! refusal is counted and nothing reaches the backend. `auto` serves both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use integration_tests::client::raw_exchange;
+use integration_tests::{Backend, Config, guard};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Runs curl with `flag` against `url`: its exit code and what it printed.
+async fn curl(flag: &str, url: &str) -> (i32, String) {
+    let out = guard(
+        "curl",
+        tokio::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10", flag, url])
+            .output(),
+    )
+    .await
+    .expect("curl is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Each line: the listener's protocol, the curl flag, whether it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_serves_only_its_protocol() {
+    let cases = [
+        ("http1", "--http1.1", true),
+        ("http1", "--http2-prior-knowledge", false),
+        ("http2", "--http2-prior-knowledge", true),
+        ("http2", "--http1.1", false),
+        ("auto", "--http1.1", true),
+        ("auto", "--http2-prior-knowledge", true),
+    ];
+    let app = Backend::auto().spawn().await;
+    for (protocol, flag, served) in cases {
+        let case = format!("{protocol} listener, curl {flag}");
+        let proxy = Config::to(app.addr())
+            .listener_protocol(protocol)
+            .start()
+            .await;
+        let before = app.requests();
+        let (code, out) = curl(flag, &format!("http://{}/p", proxy.main())).await;
+        if served {
+            assert_eq!(code, 0, "{case}: {out}");
+            assert!(out.contains(" 200"), "{case}: {out}");
+            assert_eq!(app.requests(), before + 1, "{case}");
+        } else {
+            assert_ne!(code, 0, "{case}: served anyway: {out}");
+            assert_eq!(app.requests(), before, "{case}: reached the backend");
+            let metrics = proxy.metrics().await;
+            let counted =
+                r#"skiff_downstream_refusals_total{listener="main",reason="wrong-protocol"} 1"#;
+            assert!(metrics.contains(counted), "{case}: {metrics}");
+        }
+    }
+}
+
+/// The exact answers, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refusals_are_a_505_and_a_goaway() {
+    let app = Backend::auto().spawn().await;
+
+    let http1 = Config::to(app.addr())
+        .listener_protocol("http1")
+        .start()
+        .await;
+    let mut h2 = PREFACE.to_vec();
+    h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    let answer = String::from_utf8_lossy(&raw_exchange(http1.main(), &h2).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 505 "), "{answer:?}");
+    assert!(answer.contains("skiff-error: bad-request"), "{answer:?}");
+    assert!(answer.contains("connection: close"), "{answer:?}");
+
+    let http2 = Config::to(app.addr())
+        .listener_protocol("http2")
+        .start()
+        .await;
+    let answer = raw_exchange(
+        http2.main(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // GOAWAY: length 8, type 7, stream 0, last stream 0, PROTOCOL_ERROR.
+    assert_eq!(
+        answer,
+        [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(app.requests(), 0);
+}
