@@ -71,7 +71,8 @@ impl Shared {
 /// Why a config could not be turned into a running proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{what}: cannot bind {addr}: {source}")]
+    // The cause is the error's source, which `{:#}` prints once after this.
+    #[error("{what}: cannot bind {addr}")]
     Bind {
         what: String,
         addr: String,
@@ -83,7 +84,7 @@ pub enum BuildError {
     Identity(#[from] IdentityError),
     #[error("listener {listener}: tls.mode {mode:?} needs `identity:` (cert, key, trust_bundle)")]
     NoIdentity { listener: String, mode: TlsMode },
-    #[error("listener {listener}: cannot set up TLS: {source}")]
+    #[error("listener {listener}: cannot set up TLS")]
     Tls {
         listener: String,
         source: rustls::Error,

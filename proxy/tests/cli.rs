@@ -197,3 +197,30 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         );
     }
 }
+
+/// A port already taken stops `skiff run` at once, and the cause is said
+/// once: `listener public: cannot bind ADDR: Address already in use (os
+/// error 98)`, not the OS error twice.
+#[test]
+fn a_taken_port_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = MINIMAL.replace(
+        "address: 127.0.0.1:0\n    routes",
+        &format!("address: {addr}\n    routes"),
+    );
+    let path = write_config(&dir, "taken.yaml", &config);
+    let out = skiff().args(["run", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("skiff: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.starts_with(&format!("skiff: listener public: cannot bind {addr}: ")),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
