@@ -82,7 +82,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-request-id`: set when absent, and named in the log line of a failure.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds a random UUIDv4 `x-request-id` when the client sent none, so that
 /// logs on both sides of the proxy can be joined.

@@ -33,6 +33,8 @@ pub struct Shared {
     /// This workload's mTLS identity (`identity:`), loaded once at build and
     /// reloaded in place when its files change; compile new runtimes with it.
     pub identity: Option<Arc<Identity>>,
+    /// The budget of `warn` lines for answers Skiff makes itself.
+    pub errors: crate::error_log::ErrorLog,
 }
 
 impl Shared {
@@ -239,6 +241,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         metrics,
         ready: AtomicBool::new(false),
         identity: identity.clone(),
+        errors: crate::error_log::ErrorLog::default(),
     });
     let signal = Signal::new();
     let mut listeners = Vec::with_capacity(sockets.len());

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod demo;
+pub mod error_log;
 pub mod health;
 pub mod listener;
 pub mod protocol;

@@ -17,7 +17,7 @@ use skiff_filters::telemetry::Recorder;
 use skiff_filters::{Body, classify, headers};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
-use tracing::{debug, info};
+use tracing::{debug, warn};
 
 use crate::app::Shared;
 use crate::protocol::{self, HeadLimits, Servers, Spoken};
@@ -63,10 +63,10 @@ impl Handler {
         }
         let grpc = classify::is_grpc(req.headers());
         if let Err(refusal) = admit(&mut req, self.listener.limits) {
-            debug!(listener = %self.listener.name, why = refusal.message, "request refused");
             self.shared
                 .metrics
                 .refused(&self.listener.name, refusal.counted_as);
+            self.log_answer(refusal.reason, &rec, &req, refusal.message);
             return finish(error::reply(refusal.reason, refusal.message, grpc), rec);
         }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -109,24 +109,16 @@ impl Handler {
             }
         };
 
+        // Kept for the log line of a failure (a reference count, no copy).
+        let request_id = req.headers().get(&headers::REQUEST_ID).cloned();
         let mut rsp = match service.oneshot(req.map(|b| Body::Request(b.into()))).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 // The whole story (endpoint addresses, causes) goes to the
                 // log; the caller gets the reason and a short text.
                 let reason = error::reason_of(&*e);
-                let chain = error::render_chain(&*e);
-                match reason {
-                    Reason::ConnectFailed
-                    | Reason::UpstreamReset
-                    | Reason::NoHealthyEndpoints
-                    | Reason::Timeout => {
-                        info!(listener = %self.listener.name, route = %rec.route, cluster = %rec.cluster, %reason, error = %chain, "request failed");
-                    }
-                    _ => {
-                        debug!(listener = %self.listener.name, route = %rec.route, %reason, error = %chain, "request refused");
-                    }
-                }
+                let id = request_id.as_ref().and_then(|v| v.to_str().ok());
+                self.log_failure(reason, &rec, id, &error::render_chain(&*e));
                 error::respond(&*e, grpc)
             }
         };
@@ -137,6 +129,41 @@ impl Handler {
             tokio::spawn(tunnel(downstream, upstream, Watch::clone(drain)));
         }
         finish(rsp, rec)
+    }
+}
+
+impl Handler {
+    /// Logs an answer Skiff made before the stack (a refusal, no route).
+    fn log_answer<B>(&self, reason: Reason, rec: &Recorder, req: &Request<B>, detail: &str) {
+        let id = req
+            .headers()
+            .get(&headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        self.log_failure(reason, rec, id, detail);
+    }
+
+    /// One `warn` line per proxy-made answer, within the log's budget
+    /// (`error_log`): reason, listener, route, cluster, request id, and the
+    /// whole cause chain.
+    fn log_failure(&self, reason: Reason, rec: &Recorder, request_id: Option<&str>, detail: &str) {
+        let Some(dropped) = self.shared.errors.admit(std::time::Instant::now()) else {
+            return;
+        };
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "proxy-made answers not logged in the last second (rate limit)"
+            );
+        }
+        warn!(
+            skiff_error = %reason,
+            listener = %self.listener.name,
+            route = %rec.route,
+            cluster = %rec.cluster,
+            request_id = request_id.unwrap_or(""),
+            error = detail,
+            "proxy answered"
+        );
     }
 }
 

@@ -224,3 +224,75 @@ fn a_taken_port_is_reported_once() {
     );
     assert_eq!(line.matches("in use").count(), 1, "{line}");
 }
+
+/// An answer Skiff makes itself is not silent: a request to an endpoint
+/// where nothing listens gets 503 `connect-failed`, and the log has one
+/// `warn` line with the reason, listener, route, cluster, the request id
+/// and the cause (which names the address the caller was not told).
+#[test]
+fn a_proxy_made_answer_is_logged_at_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let mut child = skiff()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut listener = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "skiff exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["listener"] == "public" && v["fields"]["message"] == "listening" {
+            listener = v["fields"]["addr"].as_str().map(str::to_owned);
+        }
+        if v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ready"))
+        {
+            break;
+        }
+    }
+    let listener = listener.expect("the listener's address is logged");
+    let mut s = TcpStream::connect(&listener).unwrap();
+    write!(
+        s,
+        "GET /x HTTP/1.1\r\nhost: app\r\nx-request-id: req-42\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut rsp = String::new();
+    s.read_to_string(&mut rsp).unwrap();
+    assert!(rsp.starts_with("HTTP/1.1 503"), "{rsp}");
+    assert!(
+        !rsp.contains("127.0.0.1:9"),
+        "the caller is told no address: {rsp}"
+    );
+    let warned = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no warn line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["level"] == "WARN" && v["fields"]["message"] == "proxy answered" {
+            break v;
+        }
+    };
+    let f = &warned["fields"];
+    assert_eq!(f["skiff_error"], "connect-failed", "{warned}");
+    assert_eq!(f["listener"], "public", "{warned}");
+    assert_eq!(f["route"], "app/0", "{warned}");
+    assert_eq!(f["cluster"], "app", "{warned}");
+    assert_eq!(f["request_id"], "req-42", "{warned}");
+    assert!(
+        f["error"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{warned}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
