@@ -102,24 +102,10 @@ fn run_serves_until_sigterm_then_exits_zero() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     // The log says where the admin server listens, and then, once every
     // listener is bound and `/ready` is up, "ready": the readiness signal.
-    let mut admin = None;
-    let mut ready = false;
-    let mut line = String::new();
-    while !ready {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "skiff exited early"
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(a) = v["fields"]["admin"].as_str() {
-            admin = Some(a.to_owned());
-        }
-        ready = v["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("ready"));
-    }
-    let admin = admin.expect("the admin address is logged before ready");
+    let admin = until_ready(&mut stderr)
+        .iter()
+        .find_map(|v| v["fields"]["admin"].as_str().map(str::to_owned))
+        .expect("the admin address is logged before ready");
     assert!(get(&admin, "/ready").starts_with("HTTP/1.1 200"));
 
     let status = Command::new("kill")
@@ -132,6 +118,28 @@ fn run_serves_until_sigterm_then_exits_zero() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("drain"), "{rest}");
+}
+
+/// Reads JSON log lines up to the readiness line ("ready": every listener
+/// bound, `/ready` up) and returns them, parsed.
+fn until_ready(stderr: &mut impl BufRead) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "skiff exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let ready = v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ready"));
+        lines.push(v);
+        if ready {
+            return lines;
+        }
+    }
 }
 
 fn get(addr: &str, path: &str) -> String {
@@ -240,25 +248,11 @@ fn a_proxy_made_answer_is_logged_at_warn() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut listener = None;
+    let listener = until_ready(&mut stderr)
+        .iter()
+        .find(|v| v["fields"]["listener"] == "public" && v["fields"]["message"] == "listening")
+        .and_then(|v| v["fields"]["addr"].as_str().map(str::to_owned));
     let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "skiff exited early"
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["listener"] == "public" && v["fields"]["message"] == "listening" {
-            listener = v["fields"]["addr"].as_str().map(str::to_owned);
-        }
-        if v["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("ready"))
-        {
-            break;
-        }
-    }
     let listener = listener.expect("the listener's address is logged");
     let mut s = TcpStream::connect(&listener).unwrap();
     write!(
