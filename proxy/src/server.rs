@@ -109,16 +109,17 @@ impl Handler {
             }
         };
 
-        // Kept for the log line of a failure (a reference count, no copy).
-        let request_id = req.headers().get(&headers::REQUEST_ID).cloned();
+        // Kept for the log line of a failure: copied onto the stack, since
+        // cloning a header value Skiff generated would allocate.
+        let request_id = RequestId::of(req.headers());
         let mut rsp = match service.oneshot(req.map(|b| Body::Request(b.into()))).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 // The whole story (endpoint addresses, causes) goes to the
                 // log; the caller gets the reason and a short text.
                 let reason = error::reason_of(&*e);
-                let id = request_id.as_ref().and_then(|v| v.to_str().ok());
-                self.log_failure(reason, &rec, id, &error::render_chain(&*e));
+                let chain = error::render_chain(&*e);
+                self.log_failure(reason, &rec, request_id.as_str(), &chain);
                 error::respond(&*e, grpc)
             }
         };
@@ -135,11 +136,8 @@ impl Handler {
 impl Handler {
     /// Logs an answer Skiff made before the stack (a refusal, no route).
     fn log_answer<B>(&self, reason: Reason, rec: &Recorder, req: &Request<B>, detail: &str) {
-        let id = req
-            .headers()
-            .get(&headers::REQUEST_ID)
-            .and_then(|v| v.to_str().ok());
-        self.log_failure(reason, rec, id, detail);
+        let id = RequestId::of(req.headers());
+        self.log_failure(reason, rec, id.as_str(), detail);
     }
 
     /// One `warn` line per proxy-made answer, within the log's budget
@@ -164,6 +162,36 @@ impl Handler {
             error = detail,
             "proxy answered"
         );
+    }
+}
+
+/// A request's `x-request-id`, copied into a fixed buffer so the failure
+/// path can name it after the request has gone down the stack; ids longer
+/// than the buffer (Skiff's own are 36 bytes) are not named.
+struct RequestId {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl RequestId {
+    fn of(map: &http::HeaderMap) -> Self {
+        let mut id = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        if let Some(v) = map.get(&headers::REQUEST_ID)
+            && v.len() <= id.buf.len()
+        {
+            id.buf[..v.len()].copy_from_slice(v.as_bytes());
+            id.len = v.len();
+        }
+        id
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.buf[..self.len])
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -208,6 +236,10 @@ fn admit<B>(req: &mut Request<B>, limits: HeadLimits) -> Result<(), Refusal> {
             },
         });
     }
+    // Only a `Host` that disagrees is rewritten: a request without one keeps
+    // its authority in the URI, where routing reads it and the upstream path
+    // puts it (`Host` for HTTP/1, `:authority` for HTTP/2), so the common
+    // HTTP/2 request costs nothing here.
     if let Some(authority) = req.uri().authority() {
         let host = authority
             .as_str()
@@ -216,7 +248,7 @@ fn admit<B>(req: &mut Request<B>, limits: HeadLimits) -> Result<(), Refusal> {
         if req
             .headers()
             .get(HOST)
-            .is_none_or(|h| h.as_bytes() != host.as_bytes())
+            .is_some_and(|h| h.as_bytes() != host.as_bytes())
         {
             // An authority that parsed as a URI is a valid header value.
             if let Ok(v) = HeaderValue::from_str(host) {

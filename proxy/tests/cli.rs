@@ -93,13 +93,7 @@ const MINIMAL: &str = "admin: { address: 127.0.0.1:0 }\nlisteners:\n  - name: pu
 fn run_serves_until_sigterm_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, "ok.yaml", MINIMAL);
-    let mut child = skiff()
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = run_json(&path);
     // The log says where the admin server listens, and then, once every
     // listener is bound and `/ready` is up, "ready": the readiness signal.
     let admin = until_ready(&mut stderr)
@@ -118,6 +112,18 @@ fn run_serves_until_sigterm_then_exits_zero() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("drain"), "{rest}");
+}
+
+/// `skiff run --log-format json -c PATH`, its log piped for the test to read.
+fn run_json(path: &std::path::Path) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = skiff()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    (child, stderr)
 }
 
 /// Reads JSON log lines up to the readiness line ("ready": every listener
@@ -241,13 +247,7 @@ fn a_taken_port_is_reported_once() {
 fn a_proxy_made_answer_is_logged_at_warn() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, "ok.yaml", MINIMAL);
-    let mut child = skiff()
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = run_json(&path);
     let listener = until_ready(&mut stderr)
         .iter()
         .find(|v| v["fields"]["listener"] == "public" && v["fields"]["message"] == "listening")

@@ -464,6 +464,7 @@ async fn slowloris_is_cut_off_by_the_header_timeout() {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const PING: u8 = 0x6;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
@@ -587,6 +588,19 @@ impl RawH2 {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
+        }
+    }
+
+    /// The frames that come before the ACK of a PING the test sent: once it
+    /// is back, the server has dealt with everything sent before the PING.
+    async fn until_ping_ack(&mut self) -> Vec<Frame> {
+        let mut before = Vec::new();
+        loop {
+            let f = self.next().await.expect("closed before the PING ACK");
+            if f.kind == PING && f.flags & ACK == ACK {
+                return before;
+            }
+            before.push(f);
         }
     }
 
@@ -750,7 +764,6 @@ async fn h2_rapid_reset_is_cut_off() {
 // === gRPC ===
 
 const DATA: u8 = 0x0;
-const PING: u8 = 0x6;
 const NO_ERROR: u32 = 0x0;
 
 /// A fault-aborted gRPC call is answered before its request body is read.
@@ -791,31 +804,19 @@ async fn a_fault_aborted_grpc_call_is_answered_whole_before_any_reset() {
         // The stream stays open for the client to finish its request: a
         // PING's ACK comes back with no reset before it.
         conn.send(&frame(PING, 0, 0, b"skiffp!?")).await;
-        loop {
-            let f = conn
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("round {round}: closed before the PING ACK"));
-            match f.kind {
-                PING if f.flags & ACK == ACK => break,
-                RST_STREAM | GOAWAY => {
-                    panic!("round {round}: the client was still sending: {f:?}")
-                }
-                _ => {}
-            }
+        for f in conn.until_ping_ack().await {
+            assert!(
+                f.kind != RST_STREAM && f.kind != GOAWAY,
+                "round {round}: the client was still sending: {f:?}"
+            );
         }
         // Now the request body, then a PING: its ACK means the server has
         // read (and dealt with) the DATA frame before it.
         let mut late = frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]);
         late.extend(frame(PING, 0, 0, b"skiffp!!"));
         conn.send(&late).await;
-        loop {
-            let f = conn
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("round {round}: closed before the PING ACK"));
+        for f in conn.until_ping_ack().await {
             match f.kind {
-                PING if f.flags & ACK == ACK => break,
                 RST_STREAM => assert_eq!(f.code(), NO_ERROR, "round {round}: {f:?}"),
                 GOAWAY => panic!("round {round}: {f:?}"),
                 _ => {}
