@@ -1,4 +1,6 @@
-//! `${VAR}` expansion, done on the text before YAML parsing.
+//! `${VAR}` expansion, done on the text before YAML parsing, with the
+//! fallback forms shells and Docker Compose accept: `${VAR:-default}`,
+//! `${VAR-default}`, `${VAR:?message}` and `${VAR?message}`.
 //!
 //! Expanding text rather than parsed values lets a variable appear anywhere a
 //! value can (inside a flow mapping, as part of a longer scalar, unquoted), as
@@ -13,6 +15,35 @@
 //! config files; see the tests for the cases covered.
 
 use std::collections::BTreeMap;
+
+/// Where `${NAME}` takes its values: the process environment, under values
+/// set by the program itself (`skiff demo` names its backends' ports this
+/// way, without touching the environment its children would inherit).
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    set: BTreeMap<String, String>,
+}
+
+impl Vars {
+    /// The process environment alone.
+    pub fn process() -> Self {
+        Self::default()
+    }
+
+    /// `name` is `value`, whatever the environment says.
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.set.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.set
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    }
+}
 
 /// A problem found while expanding, at a 1-based line and column of the
 /// original text.
@@ -62,7 +93,8 @@ impl Expanded {
     }
 }
 
-/// Replaces `${NAME}` with `lookup(NAME)` and `$$` with `$`, outside comments.
+/// Replaces `${NAME}` with `lookup(NAME)` (or its fallback) and `$$` with
+/// `$`, outside comments.
 ///
 /// Every problem is reported, not only the first: an unset variable, an
 /// unterminated `${`, a name that is not `[A-Za-z_][A-Za-z0-9_]*`, and a value
@@ -128,36 +160,42 @@ pub(crate) fn expand(
                     for _ in 0..original_len - 1 {
                         chars.next();
                     }
+                    let (name, fallback) = split_fallback(name);
+                    let problem = |message: String| EnvProblem {
+                        line: line_no,
+                        column: col + 1,
+                        message,
+                    };
+                    let found = lookup(name);
                     let value = if !valid_name(name) {
-                        problems.push(EnvProblem {
-                            line: line_no,
-                            column: col + 1,
-                            message: format!(
-                                "`${{{name}}}`: a variable name is letters, digits and `_`, not starting with a digit"
-                            ),
-                        });
+                        problems.push(problem(format!(
+                            "`${{{name}}}`: a variable name is letters, digits and `_`, not starting with a digit"
+                        )));
                         String::new()
                     } else {
-                        match lookup(name) {
-                            None => {
-                                problems.push(EnvProblem {
-                                    line: line_no,
-                                    column: col + 1,
-                                    message: format!("environment variable {name} is not set"),
-                                });
+                        match (found, fallback) {
+                            (
+                                Some(v),
+                                Some(Fallback {
+                                    when_empty: true, ..
+                                }),
+                            ) if v.is_empty() => fallback
+                                .map(|f| f.resolve(name, &mut problems, &problem))
+                                .unwrap_or_default(),
+                            (None, Some(f)) => f.resolve(name, &mut problems, &problem),
+                            (None, None) => {
+                                problems.push(problem(format!(
+                                    "environment variable {name} is not set (write `${{{name}:-default}}` to give it a default)"
+                                )));
                                 String::new()
                             }
-                            Some(v) if v.contains(['\n', '\r']) => {
-                                problems.push(EnvProblem {
-                                    line: line_no,
-                                    column: col + 1,
-                                    message: format!(
-                                        "environment variable {name} contains a line break, which a config value cannot hold"
-                                    ),
-                                });
+                            (Some(v), _) if v.contains(['\n', '\r']) => {
+                                problems.push(problem(format!(
+                                    "environment variable {name} contains a line break, which a config value cannot hold"
+                                )));
                                 String::new()
                             }
-                            Some(v) => v,
+                            (Some(v), _) => v,
                         }
                     };
                     let expanded_len = value.chars().count();
@@ -186,6 +224,68 @@ pub(crate) fn expand(
     } else {
         Err(problems)
     }
+}
+
+/// What `${NAME...}` says to do when NAME is unset (or empty): the forms
+/// POSIX shells and Docker Compose accept.
+#[derive(Debug, Clone, Copy)]
+struct Fallback<'a> {
+    /// `:-` and `:?` also apply to a variable set to the empty string.
+    when_empty: bool,
+    /// `?`: fail with this message instead of using a default.
+    fail: bool,
+    text: &'a str,
+}
+
+impl Fallback<'_> {
+    fn resolve(
+        self,
+        name: &str,
+        problems: &mut Vec<EnvProblem>,
+        problem: &impl Fn(String) -> EnvProblem,
+    ) -> String {
+        if !self.fail {
+            return self.text.to_owned();
+        }
+        let why = match self.text {
+            "" => "is required".to_owned(),
+            text => text.to_owned(),
+        };
+        let state = if self.when_empty {
+            "not set or empty"
+        } else {
+            "not set"
+        };
+        problems.push(problem(format!(
+            "environment variable {name} is {state}: {why}"
+        )));
+        String::new()
+    }
+}
+
+/// Splits `NAME:-default`, `NAME-default`, `NAME:?message` and
+/// `NAME?message` into the name and what to do without it.
+fn split_fallback(inner: &str) -> (&str, Option<Fallback<'_>>) {
+    let Some(at) = inner.find([':', '-', '?']) else {
+        return (inner, None);
+    };
+    let (name, rest) = inner.split_at(at);
+    let (when_empty, rest) = match rest.strip_prefix(':') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let (fail, text) = match (rest.strip_prefix('-'), rest.strip_prefix('?')) {
+        (Some(text), _) => (false, text),
+        (None, Some(text)) => (true, text),
+        // `${A:B}`: not a form we know; the name check reports it whole.
+        (None, None) => return (inner, None),
+    };
+    let fallback = Fallback {
+        when_empty,
+        fail,
+        text,
+    };
+    (name, Some(fallback))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -348,6 +448,50 @@ mod tests {
             assert_eq!((g.0, g.1), (w.0, w.1), "{g:?}");
             assert!(g.2.contains(w.2), "{g:?} should contain {:?}", w.2);
         }
+    }
+
+    #[test]
+    fn defaults_and_required_variables() {
+        let cases = [
+            ("a: ${UNSET:-8080}", "a: 8080"),
+            ("a: ${UNSET-8080}", "a: 8080"),
+            ("a: ${EMPTY:-8080}", "a: 8080"),
+            ("a: x${EMPTY-8080}y", "a: xy"),
+            ("a: ${PORT:-1}", "a: 8080"),
+            ("a: ${UNSET:-127.0.0.1:80}", "a: 127.0.0.1:80"),
+            ("a: ${UNSET:-}", "a: "),
+            ("a: ${PORT:?set PORT}", "a: 8080"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ok(text), want, "{text:?}");
+        }
+        let got =
+            errs("a: ${UNSET:?set it to the app's port}\nb: ${EMPTY:?}\nc: ${EMPTY?x}${UNSET}");
+        let want = [
+            (
+                1,
+                4,
+                "environment variable UNSET is not set or empty: set it to the app's port",
+            ),
+            (
+                2,
+                4,
+                "environment variable EMPTY is not set or empty: is required",
+            ),
+            (
+                3,
+                14,
+                "environment variable UNSET is not set (write `${UNSET:-default}` to give it a default)",
+            ),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0, g.1, g.2.as_str()), w);
+        }
+        // A default keeps column mapping honest like any value.
+        let e = expand("k: ${UNSET:-ab} x", env).unwrap();
+        assert_eq!(e.text, "k: ab x");
+        assert_eq!(e.original_column(1, 7), 17);
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub mod source;
 pub mod spiffe;
 mod validate;
 
-pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use env::Vars;
+pub use load::{ConfigError, ConfigErrors, load_file, load_file_with, load_str, load_str_with};
 pub use model::Config;
 
 /// One applied configuration. Immutable: a new config is a new `Snapshot`,

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 
-use crate::env::{self, Expanded};
-use crate::locate::{Index, parent};
+use crate::env::{self, Expanded, Vars};
+use crate::locate::{Entry, Index, parent};
 use crate::model::Config;
 use crate::validate;
 
@@ -22,20 +22,20 @@ use crate::validate;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
-    /// 1-based.
+    /// 1-based; 0 when the problem is with the file as a whole (it cannot
+    /// be read), and there is no position to give.
     pub line: usize,
-    /// 1-based, in characters.
+    /// 1-based, in characters; 0 with `line` 0.
     pub column: usize,
     pub message: String,
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.message),
+            line => write!(f, "{}:{line}:{}: {}", self.file, self.column, self.message),
+        }
     }
 }
 
@@ -52,28 +52,48 @@ pub(crate) struct Problem {
     pub message: String,
 }
 
-/// Serde stops at its first error; each unknown key found costs one more
-/// parse, so a file with more than this many typos reports the first ones.
-const MAX_UNKNOWN_KEYS: usize = 64;
+/// Serde stops at its first error; each unknown key or wrong value found
+/// costs one more parse, so a file with more than this many mistakes
+/// reports the first ones.
+const MAX_RETRIES: usize = 64;
 
-/// Reads, expands, parses and validates the config at `path`.
+/// Reads, expands, parses and validates the config at `path`, taking
+/// `${VAR}` from the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with(path, &Vars::process())
+}
+
+/// [`load_file`] with `${VAR}` taken from `vars`.
+pub fn load_file_with(path: &Path, vars: &Vars) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => "the config file does not exist".to_owned(),
+            std::io::ErrorKind::PermissionDenied => {
+                "no permission to read the config file".to_owned()
+            }
+            std::io::ErrorKind::IsADirectory => "this is a directory, not a config file".to_owned(),
+            _ => format!("cannot read the config file: {e}"),
+        };
         ConfigErrors(vec![ConfigError {
             file: name.clone(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read the config: {e}"),
+            line: 0,
+            column: 0,
+            message,
         }])
     })?;
-    load_str(&text, &name)
+    load_str_with(&text, &name, vars)
 }
 
 /// Expands, parses and validates `text`, taking `${VAR}` from the process
 /// environment; `file` names the text in error messages.
 pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-    load_with_env(text, file, |name| std::env::var(name).ok())
+    load_str_with(text, file, &Vars::process())
+}
+
+/// [`load_str`] with `${VAR}` taken from `vars`.
+pub fn load_str_with(text: &str, file: &str, vars: &Vars) -> Result<Config, ConfigErrors> {
+    load_with_env(text, file, |name| vars.get(name))
 }
 
 /// [`load_str`] with the environment given as a lookup function, so tests
@@ -109,11 +129,17 @@ pub(crate) fn load_with_env(
                 .collect(),
         )
     })?;
-    let (config, index, mut problems) = parse(&expanded);
+    let Parsed {
+        config,
+        index,
+        mut problems,
+        stood_in,
+    } = parse(&expanded);
     if let (Some(config), Some(index)) = (&config, &index) {
         problems.extend(
             validate::validate(config, index)
                 .into_iter()
+                .filter(|p| !about_a_stand_in(p, &stood_in))
                 .map(|p| Problem {
                     column: expanded.original_column(p.line, p.column),
                     ..p
@@ -126,10 +152,24 @@ pub(crate) fn load_with_env(
     }
 }
 
-/// Parses the expanded text, collecting every unknown key. Returns the
-/// config if parsing got through (possibly after dropping unknown keys),
-/// the position index, and the problems in original coordinates.
-fn parse(expanded: &Expanded) -> (Option<Config>, Option<Index>, Vec<Problem>) {
+/// What parsing found.
+struct Parsed {
+    /// The config, if parsing got through (possibly after dropping unknown
+    /// keys or standing in for wrong values: then `problems` is not empty,
+    /// and the config is only good for finding more problems).
+    config: Option<Config>,
+    /// Where everything is in the text as written.
+    index: Option<Index>,
+    /// In original coordinates.
+    problems: Vec<Problem>,
+    /// Where a stand-in replaced a wrong value: line (of the expanded text)
+    /// and path.
+    stood_in: Vec<(usize, String)>,
+}
+
+/// Parses the expanded text, collecting every unknown key and every value
+/// of the wrong type.
+fn parse(expanded: &Expanded) -> Parsed {
     let mut text = Cow::Borrowed(expanded.text.as_str());
     let mut problems = Vec::new();
     let problem = |line: usize, column: usize, message: String| Problem {
@@ -145,14 +185,29 @@ fn parse(expanded: &Expanded) -> (Option<Config>, Option<Index>, Vec<Problem>) {
             // Not well-formed YAML. serde-saphyr would report the same
             // error, but only once its streaming parse gets there, after
             // complaining about earlier keys of a document that is broken.
-            let p = problem(e.line, e.col + 1, e.message);
-            return (None, None, vec![p]);
+            let p = problem(e.line, e.col + 1, plain_syntax(&e.message));
+            return Parsed {
+                config: None,
+                index: None,
+                problems: vec![p],
+                stood_in: Vec::new(),
+            };
         }
     };
 
-    for _ in 0..=MAX_UNKNOWN_KEYS {
+    // Lines where a stand-in replaced a wrong value: validating the stand-in
+    // would only repeat the problem already reported there.
+    let mut stood_in = Vec::new();
+    for _ in 0..=MAX_RETRIES {
         let err = match serde_saphyr::from_str::<Config>(&text) {
-            Ok(config) => return (Some(config), Some(index), problems),
+            Ok(config) => {
+                return Parsed {
+                    config: Some(config),
+                    index: Some(index),
+                    problems,
+                    stood_in,
+                };
+            }
             Err(e) => e,
         };
         let (line, col) = location(&err);
@@ -197,6 +252,30 @@ fn parse(expanded: &Expanded) -> (Option<Config>, Option<Index>, Vec<Problem>) {
                 .or_else(|| i.key_at(line, col0))
                 .or_else(|| i.containing(line, col0))
         });
+        // A value of the wrong type: report it, put a stand-in of a type
+        // that parses in its place, and go on, so that one type error does
+        // not hide the rest of the file's problems.
+        if !msg.starts_with("missing field")
+            && let Some(entry) = current.as_ref().and_then(|i| i.value_at(line, col0))
+            && let Some(fixed) = stand_in(&text, entry, &msg, (line, col))
+        {
+            let value = text
+                .get(entry.value.byte..entry.value_end.byte)
+                .unwrap_or_default()
+                .trim();
+            let said = match whole_number(&msg) {
+                true => format!("{value:?} is not a whole number"),
+                false => tidy(&msg),
+            };
+            let shown = match entry.path.as_str() {
+                "" => said,
+                path => format!("{path}: {said}"),
+            };
+            problems.push(problem(line, col, shown));
+            stood_in.push((line, entry.path.clone()));
+            text = Cow::Owned(fixed);
+            continue;
+        }
         let (mut line, mut col, mut path) = (line, col, found.map(|e| e.path.clone()));
         // serde-saphyr places a missing field at the mapping's last key;
         // the mapping that lacks it is the clearer place to point.
@@ -208,17 +287,120 @@ fn parse(expanded: &Expanded) -> (Option<Config>, Option<Index>, Vec<Problem>) {
             let m = index.position(p, false);
             (line, col, path) = (m.line, m.col + 1, Some(p.to_owned()));
         }
-        let msg = msg
-            .replace("unknown variant", "unknown value")
-            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let msg = tidy(&msg);
         let msg = match path {
             Some(path) if !path.is_empty() => format!("{path}: {msg}"),
             _ => msg,
         };
         problems.push(problem(line, col, msg));
-        return (None, Some(index), problems);
+        break;
     }
-    (None, Some(index), problems)
+    Parsed {
+        config: None,
+        index: Some(index),
+        problems,
+        stood_in,
+    }
+}
+
+/// Whether a validation problem is about a stand-in rather than the file:
+/// on its line, or said of a parent about the key stood in for (`clusters.a:
+/// a cluster needs `endpoints:` after `endpoints: 5` became `[]`).
+fn about_a_stand_in(p: &Problem, stood_in: &[(usize, String)]) -> bool {
+    stood_in.iter().any(|(line, path)| {
+        let key = path.rsplit(['.', '[']).next().unwrap_or(path);
+        *line == p.line
+            || parent(path).is_some_and(|up| {
+                p.message.starts_with(&format!("{up}: ")) && p.message.contains(key)
+            })
+    })
+}
+
+/// serde's wording, made ours.
+fn tidy(msg: &str) -> String {
+    match msg {
+        "expected sequence start" => {
+            "expected a list: `[a, b]`, or one `- item` per line".to_owned()
+        }
+        "expected mapping start" => {
+            "expected a map: `{ key: value }`, or one `key: value` per line".to_owned()
+        }
+        _ => msg
+            .replace("unknown variant", "unknown value")
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+    }
+}
+
+/// serde's "invalid u32" and kin: a number field holding something else.
+fn whole_number(msg: &str) -> bool {
+    msg.strip_prefix("invalid ")
+        .and_then(|t| t.strip_prefix(['u', 'i']))
+        .is_some_and(|bits| bits == "size" || bits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A YAML syntax error in plain words, with the parser's own words after
+/// them for searching. The parser says what it expected; a person wants to
+/// know what to change.
+fn plain_syntax(parser: &str) -> String {
+    const PLAIN: [(&str, &str); 8] = [
+        (
+            "tabs disallowed",
+            "a tab indents this line; YAML indents with spaces only",
+        ),
+        (
+            "did not find expected key",
+            "this line is indented differently from the lines around it",
+        ),
+        (
+            "did not find expected '-'",
+            "this list item is indented differently from the items before it",
+        ),
+        (
+            "mapping values are not allowed",
+            "a `: ` inside a value; quote the value (\"a: b\") or fix the indentation",
+        ),
+        ("unclosed bracket", "a `[` or `{` is never closed"),
+        ("unclosed quote", "a quoted value is never closed"),
+        (
+            "cannot start any token",
+            "a value cannot start with this character; quote the value",
+        ),
+        (
+            "did not find expected node content",
+            "a value is missing here",
+        ),
+    ];
+    match PLAIN.iter().find(|(said, _)| parser.contains(said)) {
+        Some((_, plain)) => format!("not valid YAML: {plain} (parser: {parser})"),
+        None => format!("not valid YAML: {parser}"),
+    }
+}
+
+/// `text` with the value of `entry` replaced by the first stand-in that
+/// gets parsing past it, or `None` when none does. The stand-ins cover the
+/// model's value types: an enum's first value (named in serde's message), a
+/// number, a duration, a boolean, a list, a map, a string.
+fn stand_in(text: &str, entry: &Entry, msg: &str, at: (usize, usize)) -> Option<String> {
+    let variant = msg
+        .split_once("expected one of ")
+        .and_then(|(_, list)| list.split([',', ' ']).find(|v| !v.is_empty()))
+        .map(|v| v.trim_matches('`').to_owned());
+    let (from, to) = (entry.value.byte, entry.value_end.byte.min(text.len()));
+    if from >= to || !text.is_char_boundary(from) || !text.is_char_boundary(to) {
+        return None;
+    }
+    let candidates = variant
+        .into_iter()
+        .chain(["1", "1s", "false", "[]", "{}", "x"].map(str::to_owned));
+    candidates.into_iter().find_map(|value| {
+        let mut fixed = text.to_owned();
+        fixed.replace_range(from..to, &value);
+        match serde_saphyr::from_str::<Config>(&fixed) {
+            Ok(_) => Some(fixed),
+            Err(e) if location(&e) != at => Some(fixed),
+            Err(_) => None,
+        }
+    })
 }
 
 /// Replaces `text[from..to]` (a key and its value) with spaces, keeping

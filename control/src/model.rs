@@ -45,6 +45,19 @@ pub struct Config {
     pub control: Option<ControlFeed>,
 }
 
+impl Config {
+    /// What is valid but probably not meant, for `skiff check` to print and
+    /// `skiff run` to log: a config that loads and does nothing must not
+    /// look like one that works.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.listeners.is_empty() {
+            warnings.push("no listeners: this config accepts no traffic".to_owned());
+        }
+        warnings
+    }
+}
+
 /// The admin server (`/ready`, `/live`, `/metrics`, `/config`, `/clusters`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -632,6 +645,16 @@ impl Serialize for HeaderMatch {
                 m.end()
             }
         }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Disabled => "disabled",
+            TlsMode::Permissive => "permissive",
+            TlsMode::Strict => "strict",
+        })
     }
 }
 

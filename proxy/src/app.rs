@@ -139,9 +139,15 @@ impl Bound {
     /// run -c FILE` does), counting outcomes in `skiff_config_updates_total`.
     /// An invalid change is logged, problem by problem, and the last good
     /// config stays. Stops with the proxy.
-    pub fn watch_file(&mut self, path: std::path::PathBuf, interval: Duration) {
+    pub fn watch_file(
+        &mut self,
+        path: std::path::PathBuf,
+        interval: Duration,
+        vars: skiff_control::Vars,
+    ) {
         let current = self.shared.runtime.load().snapshot.clone();
-        let (mut updates, poller) = skiff_control::source::file::watch(path, &current, interval);
+        let (mut updates, poller) =
+            skiff_control::source::file::watch(path, &current, interval, vars);
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
             while let Some(update) = updates.recv().await {
@@ -273,7 +279,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
             },
         };
         let tls = inbound_tls(l, &name, identity.as_ref(), &shared.metrics)?;
-        info!(listener = %l.name, %addr, protocol = %l.protocol, tls = ?l.tls.as_ref().map(|t| t.mode), "listening");
+        info!(listener = %l.name, %addr, protocol = %l.protocol, tls = %l.tls.as_ref().map(|t| t.mode).unwrap_or_default(), "listening");
         tokio::spawn(listener::run(
             socket,
             name,

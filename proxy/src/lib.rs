@@ -6,7 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod certs;
-pub mod demo;
+pub mod cli;
 pub mod error_log;
 pub mod health;
 pub mod listener;

@@ -103,6 +103,51 @@ pub fn alpn(protocol: ListenerProtocol) -> Vec<Vec<u8>> {
 pub enum Spoken {
     Http1,
     Http2,
+    /// Neither: the first bytes cannot start an HTTP/1 request line (a
+    /// method token and a space) or the HTTP/2 preface. A TLS ClientHello
+    /// on a plaintext port, a stray protocol, noise.
+    Garbage,
+}
+
+/// The answer to a connection that speaks no HTTP ([`Spoken::Garbage`]).
+/// hyper would answer a bare 400; this one says why, as every answer Skiff
+/// makes does.
+pub const GARBAGE_REPLY: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+skiff-error: bad-request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 45\r\n\
+connection: close\r\n\
+\r\n\
+bad-request: this is not an HTTP/1.1 request\n";
+
+/// An HTTP token character (RFC 9110 §5.6.2), which a method is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What the bytes read so far say, if they say enough: HTTP/2 once the
+/// whole preface is there; HTTP/1 once a method token ends in a space (or
+/// fills the buffer: hyper judges long methods); garbage at the first byte
+/// that cannot belong to a request line's start. Empty lines before the
+/// request line are allowed (RFC 9112 §2.2).
+fn decide(read: &[u8]) -> Option<Spoken> {
+    if read == H2_PREFACE {
+        return Some(Spoken::Http2);
+    }
+    if H2_PREFACE.starts_with(read) {
+        return None;
+    }
+    let line = &read[read
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()..];
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    match line.get(method) {
+        Some(b' ') if method > 0 => Some(Spoken::Http1),
+        Some(_) => Some(Spoken::Garbage),
+        None if read.len() == H2_PREFACE.len() => Some(Spoken::Http1),
+        None => None,
+    }
 }
 
 /// What to do with a sniffed connection on a listener of `protocol`: serve
@@ -111,14 +156,16 @@ pub fn admit(protocol: ListenerProtocol, spoken: Spoken) -> Result<Spoken, &'sta
     match (protocol, spoken) {
         (ListenerProtocol::Http1, Spoken::Http2) => Err(HTTP1_ONLY_REPLY),
         (ListenerProtocol::Http2, Spoken::Http1) => Err(HTTP2_ONLY_REPLY),
+        (_, Spoken::Garbage) => Err(GARBAGE_REPLY),
         (_, spoken) => Ok(spoken),
     }
 }
 
-/// Reads until the first bytes leave the HTTP/2 preface (HTTP/1) or complete
-/// it (HTTP/2), within `timeout`. The bytes read are handed back in front of
-/// the stream, so the server sees the connection from its first byte.
-/// Fails when the client closes or times out before that.
+/// Reads until the first bytes complete the HTTP/2 preface, start an HTTP/1
+/// request line, or cannot be either ([`decide`]), within `timeout`. The
+/// bytes read are handed back in front of the stream, so the server sees the
+/// connection from its first byte. Fails when the client closes or times
+/// out before that.
 pub async fn sniff<I: AsyncRead + Unpin>(
     mut io: I,
     timeout: Duration,
@@ -132,11 +179,8 @@ pub async fn sniff<I: AsyncRead + Unpin>(
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
             }
             len += n;
-            if buf[..len] != H2_PREFACE[..len] {
-                return Ok(Spoken::Http1);
-            }
-            if len == H2_PREFACE.len() {
-                return Ok(Spoken::Http2);
+            if let Some(spoken) = decide(&buf[..len]) {
+                return Ok(spoken);
             }
         }
     })
@@ -279,12 +323,21 @@ mod tests {
     /// timeout fires at 200ms exactly, however busy the machine.
     #[tokio::test(start_paused = true)]
     async fn the_sniff_decides_or_times_out() {
-        let cases: [(&[u8], Option<Spoken>); 7] = [
+        let cases: [(&[u8], Option<Spoken>); 16] = [
             (b"", None),
             (b"PRI * HTTP/2.0\r\n", None),
             (b"P", None),
+            (b"GE", None),
+            (b"\r\nGET", None),
             (b"GET / HTTP/1.1\r\n", Some(Spoken::Http1)),
-            (b"PX", Some(Spoken::Http1)),
+            (b"\r\nGET / HTTP/1.1\r\n", Some(Spoken::Http1)),
+            (b"PX ", Some(Spoken::Http1)),
+            (b"PRI / HTTP/1.1", Some(Spoken::Http1)),
+            (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", Some(Spoken::Http1)),
+            (b"GARBAGE\r\n\r\n", Some(Spoken::Garbage)),
+            (b" GET /", Some(Spoken::Garbage)),
+            (b"\x16\x03\x01\x02\x00", Some(Spoken::Garbage)),
+            (b"G(T / HTTP/1.1", Some(Spoken::Garbage)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nmore", Some(Spoken::Http2)),
             (H2_PREFACE, Some(Spoken::Http2)),
         ];
@@ -296,8 +349,9 @@ mod tests {
                 (Ok((spoken, mut io)), Some(expected)) => {
                     assert_eq!(spoken, expected, "{sent:?}");
                     // Every byte the client sent is read back, in order.
-                    let mut got = vec![0u8; sent.len()];
-                    io.read_exact(&mut got).await.unwrap();
+                    drop(client);
+                    let mut got = Vec::new();
+                    io.read_to_end(&mut got).await.unwrap();
                     assert_eq!(got, sent);
                 }
                 (Err(e), None) => {

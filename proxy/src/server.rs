@@ -62,17 +62,28 @@ impl Handler {
             rec.peer_identity = peer.0.clone();
         }
         let grpc = classify::is_grpc(req.headers());
-        if let Err(refusal) = admit(&mut req, self.listener.limits) {
+        // The head is checked as the client sent it, before Skiff adds to it.
+        let admitted = admit(&mut req, self.listener.limits);
+        headers::ensure_request_id(req.headers_mut());
+        // Kept for the answer and log line of a failure: copied onto the
+        // stack, since cloning a header value Skiff generated would allocate.
+        let request_id = RequestId::of(req.headers());
+        if let Err(refusal) = admitted {
             self.shared
                 .metrics
                 .refused(&self.listener.name, refusal.counted_as);
-            self.log_answer(refusal.reason, &rec, &req, refusal.message);
-            return finish(error::reply(refusal.reason, refusal.message, grpc), rec);
+            self.log_failure(
+                refusal.reason,
+                ("", ""),
+                request_id.as_str(),
+                refusal.message,
+            );
+            let rsp = error::reply(refusal.reason, refusal.message, grpc);
+            return finish(stamp(rsp, &request_id), rec);
         }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
-        headers::ensure_request_id(req.headers_mut());
         debug!(
             listener = %self.listener.name,
             method = %req.method(),
@@ -100,18 +111,14 @@ impl Handler {
                     target.service.clone()
                 }
                 None => {
-                    debug!(listener = %self.listener.name, method = %req.method(), path = req.uri().path(), "no route");
-                    return finish(
-                        error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc),
-                        rec,
-                    );
+                    let detail = format!("no route for {} {}", req.method(), req.uri().path());
+                    self.log_failure(Reason::NoRoute, ("", ""), request_id.as_str(), &detail);
+                    let rsp = error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc);
+                    return finish(stamp(rsp, &request_id), rec);
                 }
             }
         };
 
-        // Kept for the log line of a failure: copied onto the stack, since
-        // cloning a header value Skiff generated would allocate.
-        let request_id = RequestId::of(req.headers());
         let mut rsp = match service.oneshot(req.map(|b| Body::Request(b.into()))).await {
             Ok(rsp) => rsp,
             Err(e) => {
@@ -119,7 +126,12 @@ impl Handler {
                 // log; the caller gets the reason and a short text.
                 let reason = error::reason_of(&*e);
                 let chain = error::render_chain(&*e);
-                self.log_failure(reason, &rec, request_id.as_str(), &chain);
+                self.log_failure(
+                    reason,
+                    (&rec.route, &rec.cluster),
+                    request_id.as_str(),
+                    &chain,
+                );
                 error::respond(&*e, grpc)
             }
         };
@@ -129,21 +141,26 @@ impl Handler {
             let upstream = hyper::upgrade::on(&mut rsp);
             tokio::spawn(tunnel(downstream, upstream, Watch::clone(drain)));
         }
-        finish(rsp, rec)
+        finish(stamp(rsp, &request_id), rec)
     }
 }
 
 impl Handler {
-    /// Logs an answer Skiff made before the stack (a refusal, no route).
-    fn log_answer<B>(&self, reason: Reason, rec: &Recorder, req: &Request<B>, detail: &str) {
-        let id = RequestId::of(req.headers());
-        self.log_failure(reason, rec, id.as_str(), detail);
+    /// Logs an answer Skiff made before any request was read.
+    fn log_refusal(&self, reason: Reason, detail: &str) {
+        self.log_failure(reason, ("", ""), None, detail);
     }
 
     /// One `warn` line per proxy-made answer, within the log's budget
     /// (`error_log`): reason, listener, route, cluster, request id, and the
     /// whole cause chain.
-    fn log_failure(&self, reason: Reason, rec: &Recorder, request_id: Option<&str>, detail: &str) {
+    fn log_failure(
+        &self,
+        reason: Reason,
+        (route, cluster): (&str, &str),
+        request_id: Option<&str>,
+        detail: &str,
+    ) {
         let Some(dropped) = self.shared.errors.admit(std::time::Instant::now()) else {
             return;
         };
@@ -156,14 +173,17 @@ impl Handler {
         warn!(
             skiff_error = %reason,
             listener = %self.listener.name,
-            route = %rec.route,
-            cluster = %rec.cluster,
+            route,
+            cluster,
             request_id = request_id.unwrap_or(""),
             error = detail,
             "proxy answered"
         );
     }
 }
+
+/// The header that marks an answer Skiff made.
+const SKIFF_ERROR: &str = "skiff-error";
 
 /// A request's `x-request-id`, copied into a fixed buffer so the failure
 /// path can name it after the request has gone down the stack; ids longer
@@ -305,6 +325,28 @@ fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
 
 /// Attaches the telemetry record to the response: streamed bodies record at
 /// their end, bodies Skiff made record now.
+/// Gives an answer Skiff made (it carries `skiff-error`, whichever filter
+/// made it) the request's id, so that a caller who reports it can be found
+/// in the logs: in `x-request-id`, and at the end of a text body. A
+/// backend's own answers pass untouched.
+fn stamp(mut rsp: Response<Body>, id: &RequestId) -> Response<Body> {
+    if !rsp.headers().contains_key(SKIFF_ERROR) {
+        return rsp;
+    }
+    let Some(text) = id.as_str() else {
+        return rsp;
+    };
+    if let Ok(value) = http::HeaderValue::from_str(text) {
+        rsp.headers_mut().insert(&headers::REQUEST_ID, value);
+    }
+    if let Body::Full(Some(said)) = rsp.body() {
+        let said = String::from_utf8_lossy(said);
+        let body = format!("{} (request id {text})\n", said.trim_end());
+        *rsp.body_mut() = Body::full(body);
+    }
+    rsp
+}
+
 fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
     rec.observe_head(rsp.status().as_u16(), rsp.headers());
     rsp.map(|body| body.with_recorder(rec))
@@ -357,6 +399,16 @@ where
     };
     let spoken = match protocol::admit(servers.protocol, spoken) {
         Ok(spoken) => spoken,
+        Err(reply) if spoken == Spoken::Garbage => {
+            metrics.refused(&listener, "malformed");
+            handler.log_refusal(
+                Reason::BadRequest,
+                "the connection's first bytes are not HTTP",
+            );
+            let _ = io.write_all(reply).await;
+            let _ = io.shutdown().await;
+            return;
+        }
         Err(reply) => {
             metrics.refused(&listener, "wrong-protocol");
             debug!(%listener, protocol = %servers.protocol, ?spoken, "wrong protocol: connection refused");
@@ -398,6 +450,8 @@ where
             serve_until_drained!(servers.http1.serve_connection(io, service).with_upgrades())
         }
         Spoken::Http2 => serve_until_drained!(servers.http2.serve_connection(io, service)),
+        // Refused by `admit` above.
+        Spoken::Garbage => {}
     }
 }
 

@@ -293,7 +293,21 @@ async fn error_replies_name_no_addresses_or_clusters() {
         let endpoint = proxy_config_endpoint(&proxy).await;
         let port = endpoint.rsplit(':').next().unwrap().to_owned();
         let mut client = Client::http1(proxy.main()).await;
-        let http = client.get("/thing").await;
+        let http = client
+            .request(
+                Request::get("/thing")
+                    .header("x-request-id", "trace-me")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        // The caller can quote the id to whoever reads the logs.
+        assert_eq!(http.header("x-request-id"), Some("trace-me"), "{failure:?}");
+        assert!(
+            http.text().ends_with(" (request id trace-me)\n"),
+            "{failure:?}: {:?}",
+            http.text()
+        );
         let status = say_hello(proxy.main(), "x").await.unwrap_err();
         for (what, text) in [
             ("body", http.text()),

@@ -97,3 +97,47 @@ async fn the_refusals_are_a_505_and_a_goaway() {
     );
     assert_eq!(app.requests(), 0);
 }
+
+/// Bytes that cannot start any HTTP request get Skiff's own 400, which says
+/// why (`skiff-error`), is counted as `malformed`, and never reaches the
+/// backend; on every kind of listener, whatever the garbage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_a_400_that_says_why() {
+    const ANSWER: &str = "HTTP/1.1 400 Bad Request\r\n\
+skiff-error: bad-request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 45\r\n\
+connection: close\r\n\
+\r\n\
+bad-request: this is not an HTTP/1.1 request\n";
+    let app = Backend::auto().spawn().await;
+    let garbage: [&[u8]; 3] = [
+        b"GARBAGE\r\n\r\n",
+        // A TLS ClientHello's first bytes, on a plaintext port.
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ],
+        b"{\"json\": \"instead of HTTP\"}\n",
+    ];
+    for protocol in ["auto", "http1", "http2"] {
+        let proxy = Config::to(app.addr())
+            .listener_protocol(protocol)
+            .start()
+            .await;
+        for bytes in garbage {
+            let answer = raw_exchange(proxy.main(), bytes).await;
+            assert_eq!(
+                String::from_utf8_lossy(&answer),
+                ANSWER,
+                "{protocol}: {bytes:?}"
+            );
+        }
+        let counted = format!(
+            r#"skiff_downstream_refusals_total{{listener="main",reason="malformed"}} {}"#,
+            garbage.len()
+        );
+        let metrics = proxy.metrics().await;
+        assert!(metrics.contains(&counted), "{protocol}: {metrics}");
+    }
+    assert_eq!(app.requests(), 0);
+}

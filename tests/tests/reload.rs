@@ -53,7 +53,11 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
         config: skiff_control::load_file(&path).unwrap(),
     };
     let mut bound = skiff::build_from(snapshot).await.unwrap();
-    bound.watch_file(path.clone(), Duration::from_millis(20));
+    bound.watch_file(
+        path.clone(),
+        Duration::from_millis(20),
+        skiff_control::Vars::process(),
+    );
     let main = bound.listener_addr("main").unwrap();
     let admin = bound.admin_addr();
     assert_eq!(served_by(main).await, "a");

@@ -1131,17 +1131,6 @@ fn load_str_reads_the_process_environment() {
 }
 
 #[test]
-fn load_file_names_the_file() {
-    let missing = Path::new("/nonexistent/skiff.yaml");
-    let e = load_file(missing).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("/nonexistent/skiff.yaml:1:1: cannot read the config"),
-        "{e}"
-    );
-}
-
-#[test]
 fn errors_display_one_per_line() {
     let e = ConfigErrors(vec![
         ConfigError {
@@ -1200,4 +1189,74 @@ fn never_panics_on_truncated_or_mangled_input() {
             let _ = load(&mangled.join("\n"));
         }
     }
+}
+
+#[test]
+fn a_wrong_type_does_not_hide_the_other_problems() {
+    let text = "\
+listeners:
+  - name: a
+    address: 1
+    routes: x
+    max_request_headers_kb: abc
+    header_timeout: zz
+runtime: { workers: many }
+clusters:
+  app:
+    endpoints: 5
+    lb: banana
+";
+    assert_eq!(
+        errors(text),
+        [
+            "skiff.yaml:3:14: listeners[0].address: \"1\" is not a socket address: expected IP:port, like 127.0.0.1:8080 or [::1]:8080",
+            "skiff.yaml:4:13: listeners[0].routes: unknown route table \"x\" (no route tables are defined)",
+            "skiff.yaml:5:29: listeners[0].max_request_headers_kb: \"abc\" is not a whole number",
+            "skiff.yaml:6:21: listeners[0].header_timeout: invalid duration \"zz\": expected a number and a unit (ms, s, m, h), like `250ms` or `2s`",
+            "skiff.yaml:7:21: runtime.workers: \"many\" is not a whole number",
+            "skiff.yaml:10:16: clusters.app.endpoints: expected a list: `[a, b]`, or one `- item` per line",
+            "skiff.yaml:11:9: clusters.app.lb: unknown value `banana`, expected one of ewma, least_request, round_robin, ring_hash",
+        ]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_are_said_in_plain_words() {
+    let cases = [
+        (
+            "runtime:\n\tworkers: 2\n",
+            "skiff.yaml:2:2: not valid YAML: a tab indents this line; YAML indents with spaces only (parser: tabs disallowed within this context (block indentation))",
+        ),
+        (
+            "runtime:\n  workers: 2\n drain_timeout: 1s\n",
+            "skiff.yaml:3:2: not valid YAML: this line is indented differently from the lines around it (parser: while parsing a block mapping, did not find expected key)",
+        ),
+        (
+            "a: b: c\n",
+            "skiff.yaml:1:5: not valid YAML: a `: ` inside a value; quote the value (\"a: b\") or fix the indentation (parser: mapping values are not allowed in this context)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(errors(text), [want], "{text:?}");
+    }
+}
+
+#[test]
+fn a_missing_file_has_no_position() {
+    let e = load_file(Path::new("/nonexistent/skiff.yaml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/skiff.yaml: the config file does not exist"
+    );
+}
+
+#[test]
+fn an_empty_config_warns() {
+    for text in ["", "# nothing yet\n", "clusters: {}\n"] {
+        assert_eq!(
+            load(text).unwrap().warnings(),
+            ["no listeners: this config accepts no traffic"]
+        );
+    }
+    assert!(load(SMALL).unwrap().warnings().is_empty());
 }

@@ -14,18 +14,20 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::Update;
-use crate::{Config, Snapshot, load_str};
+use crate::{Config, Snapshot, Vars, load_str_with};
 
 /// How often `skiff run` looks at its config file.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Polls `path` every `interval`, starting from the applied `current`
-/// (version and config), and sends an `Update` for every real change. Ends
-/// when the receiver is dropped.
+/// (version and config), and sends an `Update` for every real change, with
+/// `${VAR}` taken from `vars` as at the first load. Ends when the receiver
+/// is dropped.
 pub fn watch(
     path: PathBuf,
     current: &Snapshot,
     interval: Duration,
+    vars: Vars,
 ) -> (mpsc::Receiver<Update>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4);
     let mut version = current.version;
@@ -52,7 +54,7 @@ pub fn watch(
                 continue;
             }
             last_text = Some(text.clone());
-            let update = match load_str(&text, &source) {
+            let update = match load_str_with(&text, &source, &vars) {
                 Ok(new) if new == config => continue,
                 Ok(new) => {
                     version += 1;
@@ -76,6 +78,7 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load_str;
 
     const ONE: &str = "listeners: [ { name: l, address: 127.0.0.1:0, routes: r } ]\nroutes: { r: [ { cluster: c } ] }\nclusters: { c: { endpoints: [127.0.0.1:1] } }\n";
 
@@ -90,7 +93,12 @@ mod tests {
             source: path.display().to_string(),
             config: load_str(ONE, "x").unwrap(),
         };
-        let (mut rx, task) = watch(path.clone(), &first, Duration::from_millis(100));
+        let (mut rx, task) = watch(
+            path.clone(),
+            &first,
+            Duration::from_millis(100),
+            Vars::process(),
+        );
 
         // A comment changes the bytes, not the config: nothing published.
         std::fs::write(&path, format!("# comment\n{ONE}")).unwrap();

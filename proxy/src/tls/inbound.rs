@@ -73,18 +73,18 @@ impl Inbound {
     /// Runs the handshake (or, permissive, lets plaintext through). `None`:
     /// the connection was refused and closed; the reason is logged and counted.
     pub async fn accept(&self, stream: TcpStream) -> Option<Accepted> {
-        let peer_addr = stream.peer_addr().ok();
+        let peer_addr = Peer(stream.peer_addr().ok());
         let sniffed =
             tokio::time::timeout(self.handshake_timeout, protocol::sniff_tls(&stream)).await;
         let is_tls = match sniffed {
             Ok(Ok(is_tls)) => is_tls,
             Ok(Err(e)) => {
-                debug!(listener = %self.listener, peer = ?peer_addr, error = %e, "closed before sending anything");
+                debug!(listener = %self.listener, peer = %peer_addr, error = %e, "closed before sending anything");
                 return None;
             }
             Err(_) => {
                 self.count("timeout");
-                debug!(listener = %self.listener, peer = ?peer_addr, "no first byte within the handshake timeout");
+                debug!(listener = %self.listener, peer = %peer_addr, "no first byte within the handshake timeout");
                 return None;
             }
         };
@@ -96,7 +96,7 @@ impl Inbound {
                 });
             }
             self.count("plaintext");
-            debug!(listener = %self.listener, peer = ?peer_addr, "plaintext refused: this listener is mTLS only (tls.mode strict)");
+            debug!(listener = %self.listener, peer = %peer_addr, "plaintext refused: this listener is mTLS only (tls.mode strict)");
             return None;
         }
         let tls = match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
@@ -109,15 +109,15 @@ impl Inbound {
                 if result == "peer_closed" {
                     // Port scanners, TCP health checks, impatient clients:
                     // not worth a warning each.
-                    debug!(listener = %self.listener, peer = ?peer_addr, error = %e, "peer left during the mTLS handshake");
+                    debug!(listener = %self.listener, peer = %peer_addr, error = %e, "peer left during the mTLS handshake");
                 } else {
-                    warn!(listener = %self.listener, peer = ?peer_addr, result, error = %e, "mTLS handshake refused");
+                    warn!(listener = %self.listener, peer = %peer_addr, result, error = %e, "mTLS handshake refused");
                 }
                 return None;
             }
             Err(_) => {
                 self.count("timeout");
-                debug!(listener = %self.listener, peer = ?peer_addr, "mTLS handshake timed out");
+                debug!(listener = %self.listener, peer = %peer_addr, "mTLS handshake timed out");
                 return None;
             }
         };
@@ -131,7 +131,7 @@ impl Inbound {
             .map(|id| PeerIdentity(Arc::from(id)));
         debug!(
             listener = %self.listener,
-            peer = ?peer_addr,
+            peer = %peer_addr,
             peer_identity = peer.as_ref().map_or("none", |p| &p.0),
             "mTLS connection"
         );
@@ -161,5 +161,19 @@ fn failure(e: &std::io::Error) -> &'static str {
         rustls::Error::AlertReceived(_) => "peer_refused",
         rustls::Error::PeerIncompatible(_) => "incompatible",
         _ => "error",
+    }
+}
+
+/// A peer's address for a log field: the address, or `unknown` when the
+/// socket could not say (it closed first), rather than `Some(..)`/`None`.
+#[derive(Clone, Copy)]
+struct Peer(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
     }
 }

@@ -1,0 +1,45 @@
+//! Log output for `run` and `demo`: level, format, colour.
+
+use clap::ValueEnum;
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only at a terminal.
+    Text,
+    /// One JSON object per line, for log collectors; never coloured.
+    Json,
+}
+
+#[derive(clap::Args)]
+pub(super) struct LogArgs {
+    /// A tracing filter: error, warn, info, debug, trace, or `skiff=debug,hyper=info`.
+    #[arg(long, default_value = "info", env = "SKIFF_LOG")]
+    log_level: String,
+    /// `text` for people, `json` for log collectors (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SKIFF_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+impl LogArgs {
+    pub(super) fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.with_ansi(colour_logs()).init(),
+            // JSON is read by programs: never any escape sequence.
+            LogFormat::Json => builder.with_ansi(false).json().init(),
+        }
+    }
+}
+
+/// Colour only for a person at a terminal: not under Kubernetes or podman
+/// (`kubectl logs`), not into a file or pipe, and never when `NO_COLOR` is
+/// set to anything (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
