@@ -290,3 +290,187 @@ fn a_proxy_made_answer_is_logged_at_warn() {
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `skiff demo --listen 127.0.0.1:0 --admin 127.0.0.1:0`: the banner names
+/// the ports bound, every printed address answers, and SIGTERM ends it.
+#[test]
+fn the_demo_runs_on_free_ports_and_prints_them() {
+    let mut child = skiff()
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("Ctrl-C stops it") {
+        assert!(stdout.read_line(&mut banner).unwrap() > 0, "{banner}");
+    }
+    let addr_after = |label: &str| {
+        let at = banner.find(label).expect(label) + label.len();
+        banner[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    let (proxy, admin) = (addr_after("proxy  "), addr_after("admin  "));
+    assert!(
+        !proxy.ends_with(":8080") && !admin.ends_with(":15000"),
+        "{banner}"
+    );
+    // Every curl line uses the bound addresses, none a default one.
+    for line in banner.lines().filter(|l| l.contains("curl")) {
+        assert!(line.contains(&proxy) || line.contains(&admin), "{line}");
+    }
+    assert!(
+        banner.contains(&format!("demo-grpc-client -- {proxy}")),
+        "{banner}"
+    );
+    assert!(!banner.contains("grpcurl"), "{banner}");
+    let hello = get(&proxy, "/hello");
+    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    assert!(hello.contains("x-served-by: skiff"), "{hello}");
+    assert!(get(&admin, "/ready").starts_with("HTTP/1.1 200"));
+
+    assert_eq!(terminate(&mut child), Some(0));
+}
+
+/// A taken port stops the demo at once, saying which and what to do.
+#[test]
+fn the_demo_on_a_taken_port_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = skiff()
+        .args(["demo", "--admin", "127.0.0.1:0", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "skiff: listener demo: cannot bind {addr}: Address already in use (os error 98)\n\
+         Is another demo running? Stop it (Ctrl-C in its terminal), or pick free ports: \
+         skiff demo --listen 127.0.0.1:0 --admin 127.0.0.1:0\n"
+    );
+    assert!(stderr.ends_with(&want), "{stderr}");
+}
+
+/// `skiff demo --config FILE` runs that copy and applies edits to it live:
+/// the route's response header changes without a restart.
+#[test]
+fn the_demo_applies_edits_to_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_yaml = include_str!("../../examples/demo/skiff.yaml");
+    let path = write_config(&dir, "demo.yaml", demo_yaml);
+    let mut child = skiff()
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let proxy = loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0);
+        if let Some(rest) = line.trim().strip_prefix("proxy  http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(get(&proxy, "/").contains("x-served-by: skiff"));
+    let edited = demo_yaml.replace("x-served-by: skiff", "x-served-by: edited");
+    assert_ne!(edited, demo_yaml);
+    std::fs::write(&path, edited).unwrap();
+    // The log says when the edit is applied: version 2.
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "demo exited");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["message"] == "config applied" && v["fields"]["version"] == 2 {
+            break;
+        }
+    }
+    let applied = get(&proxy, "/").contains("x-served-by: edited");
+    assert!(applied, "the edit was logged as applied but does not show");
+    assert_eq!(terminate(&mut child), Some(0));
+}
+
+/// Config messages a newcomer meets first, exactly.
+#[test]
+fn check_says_what_is_wrong_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file that does not exist: no position, just what is wrong.
+    let missing = dir.path().join("nope.yaml");
+    let out = skiff()
+        .args(["check", "-c"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: the config file does not exist\n", missing.display())
+    );
+    // An empty config is valid, but warned about.
+    let empty = write_config(&dir, "empty.yaml", "# nothing yet\n");
+    let out = skiff().args(["check", "-c"]).arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}: warning: no listeners: this config accepts no traffic\n",
+            empty.display()
+        )
+    );
+    // A tab: plain words first, then the parser's.
+    let tab = write_config(&dir, "tab.yaml", "runtime:\n\tworkers: 2\n");
+    let out = skiff().args(["check", "-c"]).arg(&tab).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{}:2:2: not valid YAML: a tab indents this line; YAML indents with spaces only \
+             (parser: tabs disallowed within this context (block indentation))\n",
+            tab.display()
+        )
+    );
+}
+
+/// Every flag of every subcommand says what it is for.
+#[test]
+fn every_flag_has_help() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {}", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&skiff::cli::command(), "skiff", &mut missing);
+    assert!(missing.is_empty(), "no help text: {missing:?}");
+    let out = skiff().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--log-format <LOG_FORMAT>"), "{help}");
+    assert!(help.contains("for log collectors"), "{help}");
+}
+
+/// SIGTERM, as Kubernetes and Ctrl-C stop Skiff; the exit code.
+fn terminate(child: &mut std::process::Child) -> Option<i32> {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait().unwrap().code()
+}
