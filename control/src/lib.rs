@@ -12,6 +12,13 @@ pub mod spiffe;
 mod validate;
 
 pub use env::Vars;
+
+/// The config file's JSON Schema, generated from the model's types and doc
+/// comments: the source of `docs/reference/config.md` and of
+/// `docs/reference/skiff.schema.json`, which editors use for completion.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(Config).to_value()
+}
 pub use load::{ConfigError, ConfigErrors, load_file, load_file_with, load_str, load_str_with};
 pub use model::Config;
 

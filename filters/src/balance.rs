@@ -1,6 +1,6 @@
 //! Load balancing over a cluster's endpoints.
 //!
-//! Four policies (SPEC.md `lb:`):
+//! Four policies (`lb:`):
 //! - `ewma` (default): peak-EWMA latency with power of two choices, as
 //!   linkerd2-proxy and Finagle do. Each endpoint's cost is its decaying
 //!   latency estimate × (in-flight + 1) ÷ weight; failures count as slow

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::error::Reason;
 
-/// A request is gRPC when its content-type starts with `application/grpc` (SPEC.md).
+/// A request is gRPC when its content-type starts with `application/grpc`.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)

@@ -3,7 +3,7 @@
 //! Every failure travels back up the stack as a `BoxError`. Its cause chain is
 //! walked (never its text matched) to find the `Reason`, and `respond` is the
 //! single place where a reason becomes an HTTP or gRPC answer, so every
-//! listener and protocol answers the same way (SPEC.md's table).
+//! listener and protocol answers the same way (docs/reference/errors.md).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -45,6 +45,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for the reference (`docs/reference/errors.md`); the
+    /// fault's status stands for "as configured".
+    pub const ALL: [Reason; 12] = [
+        Reason::NoRoute,
+        Reason::ConnectFailed,
+        Reason::NoHealthyEndpoints,
+        Reason::CircuitOpen,
+        Reason::UpstreamReset,
+        Reason::Timeout,
+        Reason::RateLimited,
+        Reason::Forbidden,
+        Reason::BadRequest,
+        Reason::HeadTooLarge,
+        Reason::UnknownCoding,
+        Reason::FaultInjected {
+            status: 503,
+            grpc_status: None,
+        },
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoRoute => "no-route",
@@ -119,7 +139,7 @@ impl Reason {
             Reason::Timeout => 4,
             Reason::RateLimited => 8,
             Reason::Forbidden => 7,
-            // gRPC's mapping of HTTP 400 (SPEC.md: INTERNAL for all three).
+            // gRPC's mapping of HTTP 400 (INTERNAL for all three).
             Reason::BadRequest | Reason::HeadTooLarge | Reason::UnknownCoding => 13,
             Reason::FaultInjected {
                 grpc_status: Some(code),
@@ -234,7 +254,7 @@ pub fn proxy_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a ProxyErr
     None
 }
 
-/// Renders a failure as the answer SPEC.md prescribes.
+/// Renders a failure as the answer docs/reference/errors.md lists.
 ///
 /// gRPC callers get a trailers-only response (HTTP 200, `grpc-status` and
 /// `grpc-message` in the only header block) because gRPC clients read the

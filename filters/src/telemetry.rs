@@ -1,4 +1,4 @@
-//! Request and connection metrics, with the names SPEC.md fixes.
+//! Request and connection metrics, with the names docs/reference/metrics.md lists.
 //!
 //! A request is recorded once, when its response body ends (or is dropped),
 //! so the duration covers the whole exchange and `grpc_status` can come from

@@ -1,5 +1,5 @@
 //! The route `timeout`: bounds the whole exchange, from the request to the
-//! last byte of the response body, retries included (SPEC.md: "the whole
+//! last byte of the response body, retries included (the interface: "the whole
 //! request"; Envoy's route timeout and `max_stream_duration` alike).
 //!
 //! It sits outside retries (issue "Filter chain") so that it bounds every

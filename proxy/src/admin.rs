@@ -19,6 +19,31 @@ use tracing::debug;
 
 use crate::app::Shared;
 
+/// Every path the admin server answers, with what it is for: the 404 lists
+/// them, and `docs/reference/admin.md` is generated from them.
+pub const ENDPOINTS: [(&str, &str); 5] = [
+    (
+        "/ready",
+        "200 `ready` once every listener is bound and the first config is applied; 503 `not ready` while draining. For readiness probes and scripts.",
+    ),
+    (
+        "/live",
+        "200 `live` while the process runs. For liveness probes.",
+    ),
+    (
+        "/metrics",
+        "Prometheus text exposition of every `skiff_*` metric (docs/reference/metrics.md).",
+    ),
+    (
+        "/config",
+        "The applied config as JSON: `{\"version\", \"source\", \"config\"}`, defaults filled in. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
+    ),
+    (
+        "/clusters",
+        "Each cluster's endpoints as JSON: address, weight, health, outlier ejection, requests in flight and latency EWMA.",
+    ),
+];
+
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -94,10 +119,13 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
                 .collect();
             json_rsp(&json!({ "clusters": clusters }))
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /ready /live /metrics /config /clusters\n",
-        ),
+        _ => {
+            let paths: Vec<&str> = ENDPOINTS.iter().map(|(path, _)| *path).collect();
+            let body = format!("not found: try {}\n", paths.join(" "));
+            let mut rsp = Response::new(Body::full(body));
+            *rsp.status_mut() = StatusCode::NOT_FOUND;
+            rsp
+        }
     }
 }
 

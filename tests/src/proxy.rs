@@ -11,7 +11,7 @@ pub struct Proxy {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Loads `yaml` (the SPEC.md schema; use `127.0.0.1:0` for every
+    /// Loads `yaml` (the config schema; use `127.0.0.1:0` for every
     /// address the proxy binds) and builds the proxy. When this returns,
     /// every listener and the admin server are bound and serving.
     pub async fn start(yaml: &str) -> Self {

@@ -51,6 +51,16 @@ async fn ready_and_live_once_built() {
     }
     let rsp = admin.get("/no-such-admin-page").await;
     assert_eq!(rsp.status, StatusCode::NOT_FOUND, "{rsp:?}");
+    // The 404 lists every endpoint, and each one listed (the list the
+    // reference is generated from) answers.
+    assert_eq!(
+        rsp.text(),
+        "not found: try /ready /live /metrics /config /clusters\n"
+    );
+    for (path, _) in skiff::admin::ENDPOINTS {
+        let rsp = admin.get(path).await;
+        assert_eq!(rsp.status, StatusCode::OK, "{path}: {rsp:?}");
+    }
     backend.join().await;
 }
 

@@ -144,3 +144,19 @@ fn anchors_follow_the_renderers_rule() {
         assert_eq!(anchor(heading), expected);
     }
 }
+
+/// No page sends a reader to a document a clone does not have: the
+/// product's interface is described in docs/reference/, not elsewhere.
+#[test]
+fn no_page_names_a_document_outside_the_repository() {
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for outside in ["SPEC.md", "../shared/", "STYLE.md", "DEPENDENCIES.md"] {
+            assert!(
+                !text.contains(outside),
+                "{} names {outside}, which is not in the repository",
+                file.display()
+            );
+        }
+    }
+}

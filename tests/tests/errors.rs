@@ -200,7 +200,7 @@ async fn head_then_silence() -> Listening {
         .await
 }
 
-/// The route `timeout` bounds the whole exchange (SPEC.md: "the whole
+/// The route `timeout` bounds the whole exchange (the interface: "the whole
 /// request"), not only the wait for the response head: a unary gRPC call
 /// whose head comes at once and whose message never does ends at the
 /// deadline with DEADLINE_EXCEEDED and `skiff-error: timeout` (in the

@@ -186,7 +186,7 @@ fn the_smallest_config_gets_defaults() {
     );
 }
 
-/// SPEC.md's smallest useful config. Cases below edit it; its lines are:
+/// The smallest useful config. Cases below edit it; its lines are:
 /// 1 `listeners:` · 2 `- name` · 3 `address` · 4 `routes` · 5 `routes:` ·
 /// 6 `app:` · 7 `- cluster: app` · 8 `clusters:` · 9 `app:` · 10 `endpoints`.
 const SMALL: &str = "\

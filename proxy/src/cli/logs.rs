@@ -14,10 +14,15 @@ pub enum LogFormat {
 #[derive(clap::Args)]
 pub(super) struct LogArgs {
     /// A tracing filter: error, warn, info, debug, trace, or `skiff=debug,hyper=info`.
-    #[arg(long, default_value = "info", env = "SKIFF_LOG")]
+    #[arg(
+        long,
+        default_value = "info",
+        env = "SKIFF_LOG",
+        hide_env_values = true
+    )]
     log_level: String,
     /// `text` for people, `json` for log collectors (one object per line).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SKIFF_LOG_FORMAT")]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SKIFF_LOG_FORMAT", hide_env_values = true)]
     log_format: LogFormat,
 }
 

@@ -32,7 +32,7 @@ enum Command {
     /// Run the proxy with a YAML config, reloading it when the file changes.
     Run {
         /// The config file.
-        #[arg(short, long, env = "SKIFF_CONFIG")]
+        #[arg(short, long, env = "SKIFF_CONFIG", hide_env_values = true)]
         config: PathBuf,
         #[command(flatten)]
         logs: logs::LogArgs,
@@ -40,7 +40,7 @@ enum Command {
     /// Validate a config without running it: every problem with FILE:LINE:COL, exit 1 if any.
     Check {
         /// The config file.
-        #[arg(short, long, env = "SKIFF_CONFIG")]
+        #[arg(short, long, env = "SKIFF_CONFIG", hide_env_values = true)]
         config: PathBuf,
     },
     /// Start demo backends and a proxy in front of them, and print what to try.
