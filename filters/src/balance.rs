@@ -254,7 +254,7 @@ pub struct Balancer {
 
 impl Balancer {
     /// `endpoints[i]` has weight `weights[i]`. `ring_hash` without a
-    /// `hash_on` header (validation refuses that) hashes nothing: random.
+    /// `hash_on` header (validation refuses that) falls back to `least_request`.
     pub fn new(c: &model::Cluster, endpoints: Vec<Arc<EndpointStats>>) -> Self {
         let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight.max(1)).collect();
         let policy = match c.lb.unwrap_or(LbPolicy::Ewma) {
