@@ -9,7 +9,7 @@ mod locate;
 pub mod model;
 pub mod source;
 pub mod spiffe;
-mod validate;
+pub mod validate;
 
 pub use env::Vars;
 
@@ -21,6 +21,7 @@ pub fn json_schema() -> serde_json::Value {
 }
 pub use load::{ConfigError, ConfigErrors, load_file, load_file_with, load_str, load_str_with};
 pub use model::Config;
+pub use validate::{Invalid, validate};
 
 /// One applied configuration. Immutable: a new config is a new `Snapshot`,
 /// published whole, so a request never sees half of an update.

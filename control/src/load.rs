@@ -137,8 +137,22 @@ pub(crate) fn load_with_env(
     } = parse(&expanded);
     if let (Some(config), Some(index)) = (&config, &index) {
         problems.extend(
-            validate::validate(config, index)
+            validate::validate(config)
                 .into_iter()
+                .map(|invalid| {
+                    // An endpoint's address: at `address:` in the long form.
+                    let long = format!("{}.address", invalid.path);
+                    let path = match index.get(&long) {
+                        Some(_) if invalid.path.contains(".endpoints[") => long.as_str(),
+                        _ => invalid.path.as_str(),
+                    };
+                    let mark = index.position(path, invalid.at_value);
+                    Problem {
+                        line: mark.line,
+                        column: mark.col + 1,
+                        message: format!("{path}: {}", invalid.message),
+                    }
+                })
                 .filter(|p| !about_a_stand_in(p, &stood_in))
                 .map(|p| Problem {
                     column: expanded.original_column(p.line, p.column),

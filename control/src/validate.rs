@@ -11,18 +11,34 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::load::Problem;
-use crate::locate::Index;
 use crate::model::{
     AllowRule, Cluster, Config, HeaderMatch, HeaderOps, LbPolicy, Listener, ListenerProtocol,
     PathMatch, Route, TlsMode,
 };
 
-/// Every problem of `config`, positioned through `index` (1-based line and
-/// column of the text `index` was built from), in no particular order.
-pub(crate) fn validate(config: &Config, index: &Index) -> Vec<Problem> {
+/// A problem validation found, named by its key path
+/// (`clusters.web.endpoints[2]`). Where the config came from decides how
+/// it is shown: the YAML loader adds `FILE:LINE:COL`, a pushed resource
+/// has only the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub path: String,
+    /// The value at `path` is wrong (else the key's presence, or absence,
+    /// is): what a position should point at.
+    pub at_value: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem of `config`, in no particular order. The same checks
+/// serve a file, a merged directory and a pushed resource.
+pub fn validate(config: &Config) -> Vec<Invalid> {
     let mut c = Checker {
-        index,
         problems: Vec::new(),
     };
     c.admin_and_runtime(config);
@@ -38,12 +54,11 @@ pub(crate) fn validate(config: &Config, index: &Index) -> Vec<Problem> {
     c.problems
 }
 
-struct Checker<'a> {
-    index: &'a Index,
-    problems: Vec<Problem>,
+struct Checker {
+    problems: Vec<Invalid>,
 }
 
-impl Checker<'_> {
+impl Checker {
     /// A problem with the value at `path`.
     fn at_value(&mut self, path: &str, message: impl std::fmt::Display) {
         self.push(path, true, message);
@@ -55,11 +70,10 @@ impl Checker<'_> {
     }
 
     fn push(&mut self, path: &str, at_value: bool, message: impl std::fmt::Display) {
-        let mark = self.index.position(path, at_value);
-        self.problems.push(Problem {
-            line: mark.line,
-            column: mark.col + 1,
-            message: format!("{path}: {message}"),
+        self.problems.push(Invalid {
+            path: path.to_owned(),
+            at_value,
+            message: message.to_string(),
         });
     }
 
@@ -342,13 +356,8 @@ impl Checker<'_> {
         for (i, e) in c.endpoints.iter().enumerate() {
             let eat = format!("{at}.endpoints[{i}]");
             if let Err(why) = endpoint_address(&e.address) {
-                // `endpoints[i].address` exists only in the long form.
-                let path = if self.index.get(&format!("{eat}.address")).is_some() {
-                    format!("{eat}.address")
-                } else {
-                    eat.clone()
-                };
-                self.at_value(&path, why);
+                // In the long form the loader points at `address:`.
+                self.at_value(&eat, why);
             }
             if e.weight == 0 {
                 self.at_value(&format!("{eat}.weight"), "weight 0: a weight is at least 1");
@@ -426,7 +435,7 @@ fn is_percent(p: f64) -> bool {
     p.is_finite() && (0.0..=100.0).contains(&p)
 }
 
-impl Checker<'_> {
+impl Checker {
     fn route_policies(&mut self, at: &str, r: &Route) {
         if let Some(retry) = &r.retry {
             let rat = format!("{at}.retry");
@@ -572,7 +581,7 @@ impl Checker<'_> {
     }
 }
 
-impl Checker<'_> {
+impl Checker {
     fn balancing(&mut self, at: &str, c: &Cluster) {
         match (c.lb, &c.hash_on) {
             (Some(LbPolicy::RingHash), None) => self.at_value(
@@ -650,7 +659,7 @@ impl Checker<'_> {
 
 // === mTLS and authorization ===
 
-impl Checker<'_> {
+impl Checker {
     /// `identity`, `listeners[].tls`, `clusters.X.tls` and `authorization`:
     /// any use of TLS needs an identity, and identities named anywhere must
     /// be well-formed SPIFFE IDs (a typo would otherwise refuse every peer).

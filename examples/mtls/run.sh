@@ -69,7 +69,7 @@ fail_if_dead() {
   for i in "${!pids[@]}"; do
     if ! kill -0 "${pids[$i]}" 2>/dev/null; then
       echo "run.sh: ${names[$i]} exited; its last lines:" >&2
-      tail -n 5 "$logs/${names[$i]}" | sed 's/^/  /' >&2
+      tail -n 3 "$logs/${names[$i]}" | cut -c 1-300 | sed 's/^/  /' >&2
       exit 1
     fi
   done

@@ -40,7 +40,11 @@ async fn calls_the_greeter_and_reports_failures() {
     assert_eq!(err, "demo-grpc-client: Unavailable: requested status 14\n");
 
     server.abort();
-    let (code, _, err) = client(&[&addr]).await;
+    // Nothing listens here: bound, then closed before the call.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (code, _, err) = client(&[&closed_addr]).await;
     assert_eq!(code, Some(1));
     assert!(
         err.starts_with("demo-grpc-client: cannot connect to "),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
-use skiff_control::source::Update;
+use skiff_control::source::{Delivery, Outcome, Update};
 use skiff_control::{Config, Snapshot};
 use skiff_filters::telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -150,15 +150,15 @@ impl Bound {
             skiff_control::source::file::watch(path, &current, interval, vars);
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            while let Some(update) = updates.recv().await {
-                match update {
+            while let Some(Delivery { update, reply }) = updates.recv().await {
+                let outcome = match update {
                     Update::Valid(snapshot) => {
                         let source = snapshot.source.clone();
                         match shared.apply(*snapshot) {
-                            Ok(()) => shared.metrics.config_update("file", "applied"),
+                            Ok(()) => Outcome::Applied,
                             Err(e) => {
                                 warn!(%source, error = %e, "config change refused; keeping the last good config");
-                                shared.metrics.config_update("file", "rejected");
+                                Outcome::Rejected(vec![e.to_string()])
                             }
                         }
                     }
@@ -166,9 +166,15 @@ impl Bound {
                         for e in &errors.0 {
                             warn!(problem = %e, "config change refused; keeping the last good config");
                         }
-                        shared.metrics.config_update("file", "rejected");
+                        Outcome::Rejected(errors.0.iter().map(ToString::to_string).collect())
                     }
-                }
+                };
+                let result = match outcome {
+                    Outcome::Applied => "applied",
+                    Outcome::Rejected(_) => "rejected",
+                };
+                shared.metrics.config_update("file", result);
+                reply.send(outcome);
             }
             poller.abort();
         });

@@ -96,10 +96,26 @@ fn run_serves_until_sigterm_then_exits_zero() {
     let (mut child, mut stderr) = run_json(&path);
     // The log says where the admin server listens, and then, once every
     // listener is bound and `/ready` is up, "ready": the readiness signal.
-    let admin = until_ready(&mut stderr)
+    let startup = until_ready(&mut stderr);
+    let admin = startup
         .iter()
         .find_map(|v| v["fields"]["admin"].as_str().map(str::to_owned))
         .expect("the admin address is logged before ready");
+    // Log fields hold values, not Rust's `Some(..)` / `None`.
+    for line in &startup {
+        for (field, value) in line["fields"].as_object().unwrap() {
+            let text = value.as_str().unwrap_or_default();
+            assert!(
+                !text.starts_with("Some(") && text != "None",
+                "{field} = {text}: {line}"
+            );
+        }
+    }
+    let listening = startup
+        .iter()
+        .find(|v| v["fields"]["message"] == "listening")
+        .unwrap();
+    assert_eq!(listening["fields"]["tls"], "disabled", "{listening}");
     assert!(get(&admin, "/ready").starts_with("HTTP/1.1 200"));
 
     let status = Command::new("kill")

@@ -1,47 +1,65 @@
 //! Watches the config file of `skiff run -c FILE` and publishes each change.
 //!
-//! Polling, not inotify: it works the same on every filesystem, including the
-//! symlink swaps Kubernetes uses to update mounted ConfigMaps (an inotify
-//! watch on the old target would miss those), and one small read per second
-//! costs nothing. A change is the file's bytes changing; a change that parses
-//! to the same config (a comment, reformatting) publishes nothing.
+//! Filesystem notifications (`notify`: inotify on Linux) on the file's
+//! *directory*, not the file: editors save by writing a new file and
+//! renaming it over the old one, and Kubernetes updates a ConfigMap volume
+//! by swapping its `..data` symlink, and a watch on the old file would see
+//! neither. Any event in the directory makes the watcher read the file again;
+//! bytes that did not change, or that parse to the running config (a
+//! comment, reformatting), publish nothing. Events are let settle for
+//! [`SETTLE`] so a file written in several pieces is read once, whole.
+//!
+//! A slow poll backs the notifications up, for filesystems that send none
+//! (some network and FUSE mounts); where no watch can be set up at all, the
+//! poll is all there is, and the log says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::Update;
+use super::{Delivery, Outcome, Update};
 use crate::{Config, Snapshot, Vars, load_str_with};
 
-/// How often `skiff run` looks at its config file.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often `skiff run` reads its config file even without a notification.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Polls `path` every `interval`, starting from the applied `current`
-/// (version and config), and sends an `Update` for every real change, with
-/// `${VAR}` taken from `vars` as at the first load. Ends when the receiver
-/// is dropped.
+/// How long events must stop before the file is read.
+pub const SETTLE: Duration = Duration::from_millis(25);
+
+/// Watches `path`, starting from the applied `current` (version and
+/// config), and delivers an update for every real change, with `${VAR}`
+/// taken from `vars`. Waits for each update's outcome before reading again:
+/// the baseline is the last config applied, so a rejected change fixed back
+/// to the running config publishes nothing. Ends when the receiver is dropped.
 pub fn watch(
     path: PathBuf,
     current: &Snapshot,
-    interval: Duration,
+    poll: Duration,
     vars: Vars,
-) -> (mpsc::Receiver<Update>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(4);
+) -> (mpsc::Receiver<Delivery>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1);
     let mut version = current.version;
-    let mut config: Config = current.config.clone();
+    let mut applied: Config = current.config.clone();
     let source = path.display().to_string();
-    // Not read here: an edit between the first load and this call would be
-    // taken as the baseline and missed. The first poll reads the file, and a
-    // text that parses to the applied config publishes nothing.
-    let mut last_text: Option<String> = None;
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let (events, _watcher) = notifications(&path);
+        let mut events = events;
+        let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Not read before the loop: an edit between the first load and this
+        // task would be taken as the baseline and missed. The first tick
+        // reads the file, and a text that parses to the applied config
+        // publishes nothing.
+        let mut last_text: Option<String> = None;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = events.recv() => settle(&mut events).await,
+            }
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -54,25 +72,61 @@ pub fn watch(
                 continue;
             }
             last_text = Some(text.clone());
-            let update = match load_str_with(&text, &source, &vars) {
-                Ok(new) if new == config => continue,
+            let (update, new) = match load_str_with(&text, &source, &vars) {
+                Ok(new) if new == applied => continue,
                 Ok(new) => {
                     version += 1;
-                    config = new.clone();
-                    Update::Valid(Box::new(Snapshot {
+                    let snapshot = Snapshot {
                         version,
                         source: source.clone(),
-                        config: new,
-                    }))
+                        config: new.clone(),
+                    };
+                    (Update::Valid(Box::new(snapshot)), Some(new))
                 }
-                Err(errors) => Update::Invalid(errors),
+                Err(errors) => (Update::Invalid(errors), None),
             };
-            if tx.send(update).await.is_err() {
+            let (delivery, outcome) = Delivery::new(update);
+            if tx.send(delivery).await.is_err() {
                 return;
+            }
+            match (outcome.await, new) {
+                (Ok(Outcome::Applied), Some(new)) => applied = new,
+                (Ok(_), _) => {}
+                // The proxy is gone.
+                (Err(_), _) => return,
             }
         }
     });
     (rx, task)
+}
+
+/// Notifications for anything in `path`'s directory, as a channel that
+/// holds at most one pending wake-up. The watcher must be kept alive.
+fn notifications(path: &Path) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
+    let (tx, rx) = mpsc::channel(1);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // Full means a wake-up is already pending: one read covers both.
+            let _ = tx.try_send(());
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    match watcher {
+        Ok(w) => (rx, Some(w)),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "no filesystem notifications for the config file; reading it every poll interval instead");
+            (rx, None)
+        }
+    }
+}
+
+/// Waits until no event has arrived for [`SETTLE`].
+async fn settle(events: &mut mpsc::Receiver<()>) {
+    while let Ok(Some(())) = tokio::time::timeout(SETTLE, events.recv()).await {}
 }
 
 #[cfg(test)]
@@ -82,50 +136,75 @@ mod tests {
 
     const ONE: &str = "listeners: [ { name: l, address: 127.0.0.1:0, routes: r } ]\nroutes: { r: [ { cluster: c } ] }\nclusters: { c: { endpoints: [127.0.0.1:1] } }\n";
 
-    #[tokio::test(start_paused = true)]
-    async fn publishes_real_changes_only() {
-        let dir = std::env::temp_dir().join(format!("skiff-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("skiff.yaml");
-        std::fs::write(&path, ONE).unwrap();
+    fn endpoint(update: &Update) -> &str {
+        match update {
+            Update::Valid(s) => &s.config.clusters["c"].endpoints[0].address,
+            Update::Invalid(e) => panic!("{e}"),
+        }
+    }
+
+    /// Without any poll (an hour), notifications alone carry every kind of
+    /// save: in place, a new file renamed over the old, and a ConfigMap's
+    /// `..data` symlink swap. Each delivery waits for its outcome.
+    #[tokio::test]
+    async fn notifications_carry_every_kind_of_save() {
+        let dir = tempfile::tempdir().unwrap();
+        // A ConfigMap volume: skiff.yaml -> ..data/skiff.yaml, ..data -> ..v1
+        std::fs::create_dir(dir.path().join("..v1")).unwrap();
+        std::fs::write(dir.path().join("..v1/skiff.yaml"), ONE).unwrap();
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/skiff.yaml", dir.path().join("skiff.yaml")).unwrap();
+        let path = dir.path().join("skiff.yaml");
         let first = Snapshot {
             version: 1,
             source: path.display().to_string(),
             config: load_str(ONE, "x").unwrap(),
         };
-        let (mut rx, task) = watch(
-            path.clone(),
-            &first,
-            Duration::from_millis(100),
-            Vars::process(),
-        );
+        let hour = Duration::from_secs(3600);
+        let (mut rx, task) = watch(path.clone(), &first, hour, Vars::process());
+        // The first tick reads the unchanged file: nothing is delivered.
 
-        // A comment changes the bytes, not the config: nothing published.
-        std::fs::write(&path, format!("# comment\n{ONE}")).unwrap();
-        // A real change: published as version 2.
+        // 1. A ConfigMap update: a new timestamped dir, `..data_tmp`
+        //    renamed over `..data`.
+        std::fs::create_dir(dir.path().join("..v2")).unwrap();
         let two = ONE.replace("127.0.0.1:1", "127.0.0.1:2");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::write(dir.path().join("..v2/skiff.yaml"), &two).unwrap();
+        std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let d = rx.recv().await.unwrap();
+        assert_eq!(endpoint(&d.update), "127.0.0.1:2");
+        d.reply.send(Outcome::Applied);
+
+        // 2. An editor's save: write a new file, rename it into place
+        //    (replacing the symlink, as vim's `backupcopy=no` does).
+        let three = ONE.replace("127.0.0.1:1", "127.0.0.1:3");
+        std::fs::write(dir.path().join(".skiff.yaml.swp"), &three).unwrap();
+        std::fs::rename(dir.path().join(".skiff.yaml.swp"), &path).unwrap();
+        let d = rx.recv().await.unwrap();
+        assert_eq!(endpoint(&d.update), "127.0.0.1:3");
+        // Rejected by the proxy (say, a port in use): the baseline stays 2.
+        d.reply.send(Outcome::Rejected(vec!["no".into()]));
+
+        // 3. An in-place write back to 2: the running config, so nothing is
+        //    delivered; then a real change in place.
         std::fs::write(&path, &two).unwrap();
-        match rx.recv().await.unwrap() {
-            Update::Valid(s) => {
-                assert_eq!(s.version, 2);
-                assert_eq!(s.config.clusters["c"].endpoints[0].address, "127.0.0.1:2");
-            }
+        let four = ONE.replace("127.0.0.1:1", "127.0.0.1:4");
+        std::fs::write(&path, &four).unwrap();
+        let d = rx.recv().await.unwrap();
+        assert_eq!(endpoint(&d.update), "127.0.0.1:4");
+        match &d.update {
+            Update::Valid(s) => assert_eq!(s.version, 4, "versions count every attempt"),
             Update::Invalid(e) => panic!("{e}"),
         }
-        // A broken change: refused with its position, version unchanged.
+        d.reply.send(Outcome::Applied);
+
+        // 4. A broken change: delivered as invalid, with its position.
         std::fs::write(&path, "listeners: [ { name: l } ]\n").unwrap();
-        match rx.recv().await.unwrap() {
+        let d = rx.recv().await.unwrap();
+        match d.update {
             Update::Invalid(e) => assert!(e.to_string().contains("skiff.yaml:1:"), "{e}"),
             Update::Valid(s) => panic!("accepted {s:?}"),
         }
-        // Fixed again: the next version is 3.
-        std::fs::write(&path, ONE).unwrap();
-        match rx.recv().await.unwrap() {
-            Update::Valid(s) => assert_eq!(s.version, 3),
-            Update::Invalid(e) => panic!("{e}"),
-        }
         task.abort();
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,7 +1,13 @@
-//! Where configs come from after the first one. Each source publishes every
-//! new version as an `Update`; the proxy applies the valid ones.
+//! Where configs come from after the first one, and how each hears back.
+//!
+//! A source publishes every new version as a [`Delivery`]: the update, and
+//! a [`Reply`] the proxy answers once it has applied or rejected it. The
+//! file source logs the answer and keeps its baseline at the last applied
+//! config; the control feed turns the same answer into ACK or NACK.
 
 pub mod file;
+
+use tokio::sync::oneshot;
 
 use crate::{ConfigErrors, Snapshot};
 
@@ -12,4 +18,47 @@ pub enum Update {
     /// Boxed: a config is large and updates are rare.
     Valid(Box<Snapshot>),
     Invalid(ConfigErrors),
+}
+
+/// What became of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Now serving.
+    Applied,
+    /// Not applied, for these reasons (one per line, each naming what it is
+    /// about); the running config stays.
+    Rejected(Vec<String>),
+}
+
+/// An update on its way to the proxy, with the way back to its source.
+#[derive(Debug)]
+pub struct Delivery {
+    pub update: Update,
+    pub reply: Reply,
+}
+
+impl Delivery {
+    /// A delivery of `update`, and where its outcome arrives.
+    pub fn new(update: Update) -> (Self, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                update,
+                reply: Reply(tx),
+            },
+            rx,
+        )
+    }
+}
+
+/// Tells a source what became of its update. Dropping it unanswered tells
+/// the source the proxy has stopped.
+#[derive(Debug)]
+pub struct Reply(oneshot::Sender<Outcome>);
+
+impl Reply {
+    pub fn send(self, outcome: Outcome) {
+        // The source may have stopped listening; nothing to do then.
+        let _ = self.0.send(outcome);
+    }
 }
