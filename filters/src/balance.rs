@@ -30,11 +30,12 @@ use tokio::time::Instant;
 
 use crate::outlier::OutlierState;
 
-/// Response extension: the index (in its cluster) of the endpoint that answered.
+/// Response extension: the id ([`EndpointStats::id`]) of the endpoint that answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServedBy(pub usize);
 
-/// Request extension: don't pick this endpoint if another one is available.
+/// Request extension: don't pick the endpoint with this id if another one
+/// is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avoid(pub usize);
 
@@ -87,6 +88,10 @@ const RING_POINTS: u32 = 160;
 /// endpoints that stay, so a reload does not forget who is slow or ejected.
 #[derive(Debug)]
 pub struct EndpointStats {
+    /// Unique for the process: how retries (`Avoid`), responses
+    /// (`ServedBy`) and errors name an endpoint. A position in a cluster's
+    /// list would name another endpoint once the list changes.
+    pub id: usize,
     pub address: String,
     in_flight: AtomicU64,
     /// Peak-EWMA estimate in nanoseconds (f64 bits); 0 = no sample yet.
@@ -103,7 +108,9 @@ pub struct EndpointStats {
 
 impl EndpointStats {
     pub fn new(address: String) -> Self {
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             address,
             in_flight: AtomicU64::new(0),
             ewma_ns: AtomicU64::new(0),
@@ -253,10 +260,13 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// `endpoints[i]` has weight `weights[i]`. `ring_hash` without a
-    /// `hash_on` header (validation refuses that) falls back to `least_request`.
-    pub fn new(c: &model::Cluster, endpoints: Vec<Arc<EndpointStats>>) -> Self {
-        let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight.max(1)).collect();
+    /// `endpoints[i]` has weight `weights[i]`: the cluster's `lb` and
+    /// `hash_on` come from `c`, the endpoints from wherever the cluster's
+    /// current set came from (its `endpoints:`, or a control feed).
+    /// `ring_hash` without a `hash_on` header (validation refuses that)
+    /// falls back to `least_request`.
+    pub fn new(c: &model::Cluster, endpoints: Vec<Arc<EndpointStats>>, weights: &[u32]) -> Self {
+        let weights: Vec<u32> = weights.iter().map(|w| (*w).max(1)).collect();
         let policy = match c.lb.unwrap_or(LbPolicy::Ewma) {
             LbPolicy::Ewma => Policy::Ewma,
             LbPolicy::LeastRequest => Policy::LeastRequest,
@@ -293,7 +303,7 @@ impl Balancer {
         let avoid = req.extensions().get::<Avoid>().map(|a| a.0);
         let usable = |i: usize| self.endpoints[i].available(now);
         if let Some(a) = avoid
-            && let Some(i) = self.pick_where(req, now, |i| i != a && usable(i))
+            && let Some(i) = self.pick_where(req, now, |i| self.endpoints[i].id != a && usable(i))
         {
             return Ok(i);
         }
@@ -445,6 +455,11 @@ mod tests {
         b.body(()).unwrap()
     }
 
+    fn balancer(c: &model::Cluster, stats: &[Arc<EndpointStats>]) -> Balancer {
+        let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
+        Balancer::new(c, stats.to_vec(), &weights)
+    }
+
     #[test]
     fn smooth_weights() {
         assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
@@ -457,7 +472,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn round_robin_skips_ejected_and_avoided() {
         let (c, stats) = cluster(LbPolicy::RoundRobin, &[("a:1", 1), ("b:1", 1), ("c:1", 1)]);
-        let b = Balancer::new(&c, stats.clone());
+        let b = balancer(&c, &stats);
         let now = Instant::now();
         let picks: Vec<_> = (0..6).map(|_| b.pick(&req(None), now).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
@@ -465,7 +480,7 @@ mod tests {
         let picks: Vec<_> = (0..4).map(|_| b.pick(&req(None), now).unwrap()).collect();
         assert!(!picks.contains(&1), "{picks:?}");
         let mut r = req(None);
-        r.extensions_mut().insert(Avoid(0));
+        r.extensions_mut().insert(Avoid(stats[0].id));
         for _ in 0..4 {
             assert_eq!(b.pick(&r, now).unwrap(), 2);
         }
@@ -479,7 +494,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ewma_prefers_the_fast_endpoint() {
         let (c, stats) = cluster(LbPolicy::Ewma, &[("fast:1", 1), ("slow:1", 1)]);
-        let b = Balancer::new(&c, stats.clone());
+        let b = balancer(&c, &stats);
         let now = Instant::now();
         stats[0].observe(Duration::from_millis(2), false, now);
         stats[1].observe(Duration::from_millis(50), false, now);
@@ -532,7 +547,7 @@ mod tests {
     async fn an_endpoint_back_from_ejection_starts_afresh() {
         use crate::outlier::{OutlierConfig, report};
         let (c, stats) = cluster(LbPolicy::Ewma, &[("a:1", 1), ("b:1", 1)]);
-        let b = Balancer::new(&c, stats.clone());
+        let b = balancer(&c, &stats);
         let cfg = OutlierConfig {
             consecutive_failures: 1,
             base_ejection_time: Duration::from_secs(5),
@@ -553,7 +568,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn least_request_follows_in_flight() {
         let (c, stats) = cluster(LbPolicy::LeastRequest, &[("a:1", 1), ("b:1", 1)]);
-        let b = Balancer::new(&c, stats.clone());
+        let b = balancer(&c, &stats);
         let _busy = stats[0].start();
         for _ in 0..20 {
             assert_eq!(b.pick(&req(None), Instant::now()).unwrap(), 1);
@@ -564,7 +579,7 @@ mod tests {
     async fn ring_hash_is_sticky_and_consistent() {
         let addrs = [("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)];
         let (c, stats) = cluster(LbPolicy::RingHash, &addrs);
-        let three = Balancer::new(&c, stats.clone());
+        let three = balancer(&c, &stats);
         let now = Instant::now();
         let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
         let before: Vec<usize> = keys
@@ -581,7 +596,7 @@ mod tests {
         }
         // Dropping the third endpoint moves only its keys.
         let (c2, stats2) = cluster(LbPolicy::RingHash, &addrs[..2]);
-        let two = Balancer::new(&c2, stats2);
+        let two = balancer(&c2, &stats2);
         let moved = keys
             .iter()
             .zip(&before)

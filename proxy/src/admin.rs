@@ -98,14 +98,17 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
                 .clusters
                 .iter()
                 .map(|c| {
-                    let endpoints: Vec<_> = c
+                    let state = c.state();
+                    let endpoints: Vec<_> = state
+                        .set
                         .endpoints
                         .iter()
-                        .map(|e| {
+                        .zip(&state.set.weights)
+                        .map(|(e, weight)| {
                             let s = &e.stats;
                             json!({
                                 "address": e.address,
-                                "weight": e.weight,
+                                "weight": weight,
                                 "healthy": s.healthy(),
                                 "ejected": s.outlier.is_ejected(now),
                                 "times_ejected": s.outlier.times_ejected(),

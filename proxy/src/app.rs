@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::cluster::Clusters;
 use crate::listener::{self, Serve};
 use crate::runtime::{CompileError, Runtime};
 use crate::server::{Handler, ListenerCtx};
@@ -35,6 +36,8 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// The budget of `warn` lines for answers Skiff makes itself.
     pub errors: crate::error_log::ErrorLog,
+    /// Clusters and endpoints: they outlive runtimes.
+    pub clusters: Clusters,
 }
 
 impl Shared {
@@ -57,13 +60,12 @@ impl Shared {
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             return Err(CompileError::NeedsRestart { key });
         }
-        let next = Runtime::compile(
-            Arc::new(snapshot),
-            &self.metrics,
-            Some(&current),
-            self.identity.as_ref(),
-        )?;
+        let plan = self
+            .clusters
+            .plan(&snapshot.config, &self.metrics, self.identity.as_ref());
+        let next = Runtime::compile(Arc::new(snapshot), &self.metrics, &plan, Some(&current))?;
         let version = next.snapshot.version;
+        self.clusters.commit(plan);
         self.runtime.store(Arc::new(next));
         info!(version, "config applied");
         Ok(())
@@ -247,13 +249,17 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         None => None,
     };
     let metrics = Metrics::new();
-    let runtime = Runtime::compile(snapshot.clone(), &metrics, None, identity.as_ref())?;
+    let clusters = Clusters::default();
+    let plan = clusters.plan(config, &metrics, identity.as_ref());
+    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None)?;
+    clusters.commit(plan);
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
         metrics,
         ready: AtomicBool::new(false),
         identity: identity.clone(),
         errors: crate::error_log::ErrorLog::default(),
+        clusters,
     });
     let signal = Signal::new();
     let mut listeners = Vec::with_capacity(sockets.len());

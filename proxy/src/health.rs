@@ -7,6 +7,7 @@
 //! connect path (so TLS origination applies to them too) on a connection of
 //! their own, so a probe never queues behind traffic.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use skiff_filters::classify;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use crate::upstream::{Cluster, Endpoint};
+use crate::cluster::{Cluster, Endpoint, Settings};
 
 /// A health check's settings with defaults applied (Envoy-like).
 #[derive(Debug, Clone)]
@@ -51,53 +52,66 @@ impl Probe {
 /// Starts one probing task per endpoint. The tasks hold the cluster weakly
 /// and stop once a config swap drops it; the handles let the caller stop
 /// them sooner.
-pub fn spawn(cluster: &Arc<Cluster>, probe: Probe) -> Vec<AbortHandle> {
-    (0..cluster.endpoints.len())
-        .map(|i| {
-            let weak = Arc::downgrade(cluster);
-            let probe = probe.clone();
-            tokio::spawn(run(weak, i, probe)).abort_handle()
-        })
-        .collect()
+/// Probes every endpoint of `cluster` each interval, whatever its endpoint
+/// set is by then: endpoints added later are probed from the next round,
+/// removed ones are forgotten. One task per cluster, kept across config
+/// swaps that leave its `health_check` alone (`cluster::Clusters::commit`).
+pub fn spawn(cluster: &Arc<Cluster>, probe: Probe) -> AbortHandle {
+    tokio::spawn(run(Arc::downgrade(cluster), probe)).abort_handle()
 }
 
-async fn run(cluster: Weak<Cluster>, index: usize, probe: Probe) {
-    let mut passes = 0u32;
-    let mut fails = 0u32;
+/// Results in a row, per endpoint.
+#[derive(Default, Clone, Copy)]
+struct Streak {
+    passes: u32,
+    fails: u32,
+}
+
+async fn run(cluster: Weak<Cluster>, probe: Probe) {
+    let mut streaks: HashMap<usize, Streak> = HashMap::new();
     let mut tick = tokio::time::interval(probe.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(c) = cluster.upgrade() else { return };
-        let Some(ep) = c.endpoints.get(index).cloned() else {
-            return;
-        };
-        let result = tokio::time::timeout(probe.timeout, check(&c, &ep, &probe)).await;
-        let ok = matches!(result, Ok(Ok(())));
-        if ok {
-            passes += 1;
-            fails = 0;
-        } else {
-            fails += 1;
-            passes = 0;
-        }
-        let healthy = ep.stats.healthy();
-        if !healthy && passes >= probe.healthy_threshold {
-            info!(cluster = %c.name, endpoint = %ep.address, "health check passed: endpoint healthy");
-            ep.stats.set_healthy(true);
-        } else if healthy && fails >= probe.unhealthy_threshold {
-            let why = match result {
-                Ok(Err(e)) => e,
-                _ => format!("no answer within {:?}", probe.timeout),
-            };
-            warn!(cluster = %c.name, endpoint = %ep.address, %why, "health check failed: endpoint unhealthy");
-            ep.stats.set_healthy(false);
+        let state = c.state();
+        let results = futures_util::future::join_all(state.set.endpoints.iter().map(|ep| {
+            let settings = &state.settings;
+            let probe = &probe;
+            async move {
+                let result = tokio::time::timeout(probe.timeout, check(settings, ep, probe)).await;
+                (ep, result)
+            }
+        }))
+        .await;
+        streaks.retain(|id, _| state.set.endpoints.iter().any(|e| e.id() == *id));
+        for (ep, result) in results {
+            let streak = streaks.entry(ep.id()).or_default();
+            let ok = matches!(result, Ok(Ok(())));
+            if ok {
+                streak.passes += 1;
+                streak.fails = 0;
+            } else {
+                streak.fails += 1;
+                streak.passes = 0;
+            }
+            let healthy = ep.stats.healthy();
+            if !healthy && streak.passes >= probe.healthy_threshold {
+                info!(cluster = %c.name, endpoint = %ep.address, "health check passed: endpoint healthy");
+                ep.stats.set_healthy(true);
+            } else if healthy && streak.fails >= probe.unhealthy_threshold {
+                let why = match result {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer within {:?}", probe.timeout),
+                };
+                warn!(cluster = %c.name, endpoint = %ep.address, %why, "health check failed: endpoint unhealthy");
+                ep.stats.set_healthy(false);
+            }
         }
     }
 }
 
-/// One probe; `Err` says why it failed.
-async fn check(c: &Cluster, ep: &Endpoint, probe: &Probe) -> Result<(), String> {
+async fn check(c: &Settings, ep: &Endpoint, probe: &Probe) -> Result<(), String> {
     let io = TokioIo::new(c.connect(ep).await.map_err(|e| e.to_string())?);
     let host = HeaderValue::from_str(&ep.address).map_err(|e| e.to_string())?;
     if probe.grpc {

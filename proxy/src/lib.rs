@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod error_log;
 pub mod health;
 pub mod listener;

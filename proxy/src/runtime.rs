@@ -1,40 +1,39 @@
 //! A config snapshot compiled for the data path: route tables with their
-//! filter stacks built, clusters with their connection pools.
+//! filter stacks built in front of the clusters they send to.
 //!
 //! The proxy holds the current `Runtime` in an `ArcSwap`; applying a config is
 //! building a new one and swapping it in. Requests in flight keep the one they
-//! started with.
+//! started with. What must outlive a snapshot does not live here: clusters
+//! and endpoints (pools, balancing, ejections, probes, breaker counts, retry
+//! budgets) are in `cluster.rs`'s store; a route's rate-limit bucket is
+//! handed from the runtime it replaces while its `rate_limit` is unchanged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Request;
 use skiff_control::Snapshot;
+use skiff_control::model;
 use skiff_filters::authz::Policy;
+use skiff_filters::rate_limit::RateLimiter;
 use skiff_filters::route::{MatchError, Matcher, Split};
-use skiff_filters::stack::{ClusterPolicy, RouteContext, RouteService, route_stack};
+use skiff_filters::stack::{RouteContext, RouteService, route_stack};
 use skiff_filters::telemetry::Metrics;
 
-use tokio::task::AbortHandle;
-
-use crate::health::{self, Probe};
-use crate::upstream::{Cluster, ClusterService};
+use crate::cluster::{Cluster, Plan};
+use crate::upstream::ClusterService;
 
 /// The compiled form of one config snapshot.
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
+    /// When this config started serving.
+    pub applied_at: std::time::SystemTime,
     tables: HashMap<String, Vec<Route>>,
+    /// The clusters this config names, by name, for `/clusters` and tcp listeners.
     pub clusters: Vec<Arc<Cluster>>,
-    /// Health-check tasks of this runtime's clusters, stopped when it is replaced.
-    probes: Vec<AbortHandle>,
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        for p in &self.probes {
-            p.abort();
-        }
-    }
+    /// Each route's token bucket with the config it was built from, by
+    /// route label: the next runtime keeps a bucket whose config it shares.
+    rate_limits: HashMap<Arc<str>, (model::RateLimit, Arc<RateLimiter>)>,
 }
 
 /// One route of a table, ready to serve.
@@ -81,71 +80,58 @@ pub enum CompileError {
 }
 
 impl Runtime {
-    /// `previous` is the runtime being replaced: endpoints that stay keep
-    /// their balancing and ejection state. `identity` is this workload's mTLS
-    /// identity, for clusters with `tls` (it outlives runtimes: rotation
-    /// swaps its material, not the runtime).
+    /// Compiles `snapshot` against the clusters `plan` holds (built by
+    /// `cluster::Clusters::plan` for this snapshot, not yet committed).
+    /// `previous` is the runtime being replaced: routes whose `rate_limit`
+    /// is unchanged keep their bucket.
     pub fn compile(
         snapshot: Arc<Snapshot>,
         metrics: &Arc<Metrics>,
+        plan: &Plan,
         previous: Option<&Runtime>,
-        identity: Option<&Arc<crate::tls::Identity>>,
     ) -> Result<Self, CompileError> {
         let config = &snapshot.config;
         let authorization = Arc::new(Policy::from_config(&config.authorization));
-        let clusters: HashMap<&str, Arc<Cluster>> = config
-            .clusters
-            .iter()
-            .map(|(name, c)| {
-                let old = previous.and_then(|p| p.cluster(name));
-                let stats_for = |addr: &str| {
-                    old.and_then(|o| o.endpoints.iter().find(|e| e.address == addr))
-                        .map(|e| e.stats.clone())
-                };
-                (
-                    name.as_str(),
-                    Arc::new(Cluster::from_config(name, c, metrics, stats_for, identity)),
-                )
-            })
-            .collect();
-        let policies: HashMap<&str, ClusterPolicy> = clusters
-            .iter()
-            .map(|(name, c)| (*name, c.policy.clone()))
-            .collect();
         let mut tables = HashMap::with_capacity(config.routes.len());
+        let mut rate_limits = HashMap::new();
         for (table, routes) in &config.routes {
             let compiled = routes
                 .iter()
                 .enumerate()
                 .map(|(index, r)| {
-                    compile_route(
-                        table,
-                        index,
-                        r,
-                        &clusters,
-                        &policies,
-                        metrics,
-                        &authorization,
-                    )
+                    let label: Arc<str> = match &r.name {
+                        Some(name) => Arc::from(format!("{table}/{name}")),
+                        None => Arc::from(format!("{table}/{index}")),
+                    };
+                    let rate_limit = r.rate_limit.as_ref().map(|cfg| {
+                        let kept = previous
+                            .and_then(|p| p.rate_limits.get(&label))
+                            .filter(|(was, _)| was == cfg)
+                            .map(|(_, bucket)| bucket.clone());
+                        let bucket = kept
+                            .unwrap_or_else(|| RateLimiter::new(cfg, metrics.rate_limited(&label)));
+                        rate_limits.insert(label.clone(), (cfg.clone(), bucket.clone()));
+                        bucket
+                    });
+                    let ctx = RouteContext {
+                        label,
+                        metrics: metrics.clone(),
+                        authorization: authorization.clone(),
+                        rate_limit,
+                    };
+                    compile_route(table, index, r, plan, ctx)
                 })
                 .collect::<Result<_, _>>()?;
             tables.insert(table.clone(), compiled);
         }
-        let mut clusters: Vec<_> = clusters.into_values().collect();
+        let mut clusters: Vec<_> = plan.clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        let probes = clusters
-            .iter()
-            .filter_map(|c| {
-                let hc = config.clusters.get(&*c.name)?.health_check.as_ref()?;
-                Some(health::spawn(c, Probe::from_config(hc, c.protocol())))
-            })
-            .flatten()
-            .collect();
         Ok(Self {
             snapshot,
+            applied_at: std::time::SystemTime::now(),
             tables,
             clusters,
-            probes,
+            rate_limits,
         })
     }
 
@@ -168,21 +154,10 @@ fn compile_route(
     table: &str,
     index: usize,
     r: &skiff_control::model::Route,
-    clusters: &HashMap<&str, Arc<Cluster>>,
-    policies: &HashMap<&str, ClusterPolicy>,
-    metrics: &Arc<Metrics>,
-    authorization: &Arc<Policy>,
+    plan: &Plan,
+    ctx: RouteContext,
 ) -> Result<Route, CompileError> {
-    let label: Arc<str> = match &r.name {
-        Some(name) => Arc::from(format!("{table}/{name}")),
-        None => Arc::from(format!("{table}/{index}")),
-    };
-    let ctx = RouteContext {
-        label: label.clone(),
-        metrics: metrics.clone(),
-        authorization: authorization.clone(),
-        rate_limit: RouteContext::rate_limit(r, &label, metrics),
-    };
+    let label = ctx.label.clone();
     let matcher = Matcher::from_config(&r.matches).map_err(|source| CompileError::Match {
         table: table.to_owned(),
         index,
@@ -203,8 +178,8 @@ fn compile_route(
             index,
             cluster: name.to_owned(),
         };
-        let cluster = clusters.get(name).ok_or_else(unknown)?;
-        let policy = policies.get(name).ok_or_else(unknown)?;
+        let (cluster, state) = plan.get(name).ok_or_else(unknown)?;
+        let policy = &state.settings.policy;
         let service =
             route_stack(r, &ctx, policy, ClusterService(cluster.clone())).map_err(|source| {
                 CompileError::Header {

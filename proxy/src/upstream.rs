@@ -11,24 +11,21 @@
 //! shared connection per endpoint, multiplexed, replaced when it closes.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::metrics::counter::Counter;
-use skiff_control::model::{self, ClusterProtocol};
-use skiff_filters::balance::{Balancer, EndpointStats, Expired, Picked, ServedBy};
+use skiff_control::model::ClusterProtocol;
+
+use crate::cluster::{Cluster, ClusterState, Endpoint, Settings};
+use skiff_filters::balance::{Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
-use skiff_filters::outlier::{self, OutlierConfig};
-use skiff_filters::stack::ClusterPolicy;
-use skiff_filters::telemetry::Metrics;
+use skiff_filters::outlier;
 use skiff_filters::{Body, classify, headers};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -44,108 +41,16 @@ pub type BoxIo = Box<dyn Io>;
 /// Idle HTTP/1 connections kept per endpoint at most; more are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// One upstream address and its connections.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub address: String,
-    pub weight: u32,
-    /// Position in the cluster: how balancer, retries and errors name it.
-    index: usize,
-    /// Load and health, shared with the balancer; survives config swaps.
-    pub stats: Arc<EndpointStats>,
-    idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
-    /// Serialises HTTP/2 connects so a burst opens one connection, not many.
-    h2_connecting: tokio::sync::Mutex<()>,
-}
-
-impl Endpoint {
-    fn new(address: String, weight: u32, index: usize, stats: Arc<EndpointStats>) -> Self {
-        Self {
-            address,
-            weight,
-            index,
-            stats,
-            idle_h1: Mutex::new(Vec::new()),
-            h2: ArcSwapOption::empty(),
-            h2_connecting: tokio::sync::Mutex::new(()),
-        }
-    }
-}
-
-/// A cluster: its endpoints and how to talk to them.
-#[derive(Debug)]
-pub struct Cluster {
-    pub name: Arc<str>,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    protocol: ClusterProtocol,
-    connect_timeout: Duration,
-    balancer: Balancer,
-    outlier: Option<OutlierConfig>,
-    /// Active health checks run: an ejected endpoint then returns only once a probe passes.
-    pub health_checked: bool,
-    ejections: Counter,
-    /// Per-cluster filter state (breaker, retry budget), shared by every
-    /// route to this cluster; the pool enforces the breaker's connection and
-    /// pending limits.
-    pub policy: ClusterPolicy,
-    /// `tls.server_identity`: originate mTLS. Pools hang off this cluster,
-    /// so pooled connections are per verified identity.
-    tls: Option<crate::tls::Connector>,
-}
-
 impl Cluster {
-    /// `stats_for(address)` returns the stats an endpoint had in the previous
-    /// config, so balancing and ejections carry over a reload.
-    pub fn from_config(
-        name: &str,
-        c: &model::Cluster,
-        metrics: &Arc<Metrics>,
-        stats_for: impl Fn(&str) -> Option<Arc<EndpointStats>>,
-        identity: Option<&Arc<crate::tls::Identity>>,
-    ) -> Self {
-        let endpoints: Vec<_> = c
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let stats = stats_for(&e.address)
-                    .unwrap_or_else(|| Arc::new(EndpointStats::new(e.address.clone())));
-                if c.health_check.is_none() {
-                    // Nothing will probe it any more: a verdict from a
-                    // removed health check must not keep it out for good.
-                    stats.set_healthy(true);
-                }
-                Arc::new(Endpoint::new(e.address.clone(), e.weight, i, stats))
-            })
-            .collect();
-        let name: Arc<str> = Arc::from(name);
-        let balancer = Balancer::new(c, endpoints.iter().map(|e| e.stats.clone()).collect());
-        Self {
-            ejections: metrics.ejections(&name),
-            policy: ClusterPolicy::from_config(name.clone(), c, metrics),
-            name,
-            endpoints,
-            protocol: c.protocol,
-            connect_timeout: c.connect_timeout.get(),
-            balancer,
-            outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_config),
-            health_checked: c.health_check.is_some(),
-            tls: c
-                .tls
-                .as_ref()
-                .map(|t| crate::tls::Connector::new(identity, &t.server_identity)),
-        }
-    }
-
-    pub fn protocol(&self) -> ClusterProtocol {
-        self.protocol
-    }
-
     /// Sends `req` to the endpoint the balancer picks, and reports how it went.
+    ///
+    /// The cluster's state is read once: settings and endpoints swapped
+    /// meanwhile apply to the next request, and this one keeps its endpoint
+    /// (and its pool) alive until it ends.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let start = Instant::now();
-        let Ok(i) = self.balancer.pick(&req, start) else {
+        let state = self.state();
+        let Ok(i) = state.set.balancer.pick(&req, start) else {
             return Err(ProxyError::new(
                 Reason::NoHealthyEndpoints,
                 format!(
@@ -155,9 +60,9 @@ impl Cluster {
             )
             .into());
         };
-        let ep = &self.endpoints[i];
+        let ep = &state.set.endpoints[i];
         if let Some(slot) = req.extensions().get::<Picked>() {
-            slot.set(i);
+            slot.set(ep.id());
         }
         let _in_flight = ep.stats.start();
         // If a timeout above drops this attempt, the guard reports it as a
@@ -166,12 +71,13 @@ impl Cluster {
         // timeouts as 5xx). A client hanging up is nobody's failure.
         let mut outcome = Outcome {
             cluster: self,
-            ep,
+            state: &state,
+            index: i,
             start,
             reported: false,
             expired: req.extensions().get::<Expired>().cloned(),
         };
-        let result = self.send_to(ep, req).await;
+        let result = state.settings.send_to(ep, req).await;
         let failed = match &result {
             Ok(rsp) => {
                 rsp.status().is_server_error() || classify::grpc_status(rsp.headers()) == Some(14)
@@ -183,11 +89,41 @@ impl Cluster {
         };
         outcome.report(failed);
         let mut rsp = result?;
-        rsp.extensions_mut().insert(ServedBy(i));
+        rsp.extensions_mut().insert(ServedBy(ep.id()));
         Ok(rsp)
     }
 
-    async fn send_to(
+    /// Feeds the outcome of a request to `state.set.endpoints[i]` to the
+    /// latency estimate and to outlier detection.
+    fn report(&self, state: &ClusterState, i: usize, start: Instant, failed: bool) {
+        let Some(ep) = state.set.endpoints.get(i) else {
+            return;
+        };
+        let now = Instant::now();
+        ep.stats.observe(now - start, failed, now);
+        let s = &state.settings;
+        let Some(cfg) = &s.outlier else { return };
+        if outlier::report(
+            cfg,
+            state.set.balancer.endpoints(),
+            i,
+            failed,
+            s.health_checked,
+            now,
+        ) {
+            self.ejections.inc();
+            warn!(
+                cluster = %self.name,
+                endpoint = %ep.address,
+                times = ep.stats.outlier.times_ejected(),
+                "endpoint ejected after consecutive failures"
+            );
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) async fn send_to(
         &self,
         ep: &Endpoint,
         req: Request<Body>,
@@ -208,29 +144,6 @@ impl Cluster {
         let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         Ok(rsp)
-    }
-
-    /// Feeds the outcome to the latency estimate and to outlier detection.
-    fn report(&self, ep: &Endpoint, start: Instant, failed: bool) {
-        let now = Instant::now();
-        ep.stats.observe(now - start, failed, now);
-        let Some(cfg) = &self.outlier else { return };
-        if outlier::report(
-            cfg,
-            self.balancer.endpoints(),
-            ep.index,
-            failed,
-            self.health_checked,
-            now,
-        ) {
-            self.ejections.inc();
-            warn!(
-                cluster = %self.name,
-                endpoint = %ep.address,
-                times = ep.stats.outlier.times_ejected(),
-                "endpoint ejected after consecutive failures"
-            );
-        }
     }
 
     /// Opens a pooled connection within the breaker's limits: the connection
@@ -279,7 +192,7 @@ impl Cluster {
             Reason::ConnectFailed,
             format!("mTLS to {} (cluster {}): {why}", ep.address, self.name),
         )
-        .at_endpoint(ep.index))
+        .at_endpoint(ep.id()))
     }
 
     async fn connect_tcp(&self, ep: &Endpoint) -> Result<TcpStream, ProxyError> {
@@ -288,7 +201,7 @@ impl Cluster {
                 Reason::ConnectFailed,
                 format!("connect to {} (cluster {}): {why}", ep.address, self.name),
             )
-            .at_endpoint(ep.index)
+            .at_endpoint(ep.id())
         };
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*ep.address))
             .await
@@ -417,7 +330,7 @@ fn connect_err(ep: &Endpoint, e: hyper::Error) -> ProxyError {
         format!("handshake with {}", ep.address),
     )
     .with_source(e)
-    .at_endpoint(ep.index)
+    .at_endpoint(ep.id())
 }
 
 fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
@@ -433,14 +346,16 @@ fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
         format!("{} failed before a complete response", ep.address),
     )
     .with_source(e)
-    .at_endpoint(ep.index)
+    .at_endpoint(ep.id())
 }
 
 /// Reports an attempt's outcome exactly once: explicitly when it completes,
 /// or as a failure when a timeout above dropped it first.
 struct Outcome<'a> {
     cluster: &'a Cluster,
-    ep: &'a Endpoint,
+    state: &'a ClusterState,
+    /// The endpoint's place in `state.set`.
+    index: usize,
     start: Instant,
     reported: bool,
     /// The nearest timeout's flag (the retry layer's per-try one overrides
@@ -451,7 +366,8 @@ struct Outcome<'a> {
 impl Outcome<'_> {
     fn report(&mut self, failed: bool) {
         self.reported = true;
-        self.cluster.report(self.ep, self.start, failed);
+        self.cluster
+            .report(self.state, self.index, self.start, failed);
     }
 }
 
@@ -459,7 +375,8 @@ impl Drop for Outcome<'_> {
     fn drop(&mut self) {
         let timed_out = self.expired.as_ref().is_some_and(Expired::is_raised);
         if !self.reported && timed_out {
-            self.cluster.report(self.ep, self.start, true);
+            self.cluster
+                .report(self.state, self.index, self.start, true);
         }
     }
 }
@@ -535,7 +452,9 @@ impl tower::Service<Request<Body>> for ClusterService {
 
 /// Opens a plain TCP connection to the cluster's next endpoint (tcp listeners).
 pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let i = cluster
+    let state = cluster.state();
+    let i = state
+        .set
         .balancer
         .pick(&Request::new(()), Instant::now())
         .map_err(|_| {
@@ -547,10 +466,10 @@ pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), P
                 ),
             )
         })?;
-    let ep = &cluster.endpoints[i];
+    let ep = &state.set.endpoints[i];
     let start = Instant::now();
-    let result = cluster.connect_tcp(ep).await;
-    cluster.report(ep, start, result.is_err());
+    let result = state.settings.connect_tcp(ep).await;
+    cluster.report(&state, i, start, result.is_err());
     let stream = result?;
     let peer = stream
         .peer_addr()

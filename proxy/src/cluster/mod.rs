@@ -1,0 +1,401 @@
+//! Clusters and endpoints that outlive config snapshots.
+//!
+//! Three lifetimes meet here (docs/ARCHITECTURE.md, "What lives how long"):
+//!
+//! * An [`Endpoint`] lives as long as any cluster lists it, or any request
+//!   still uses it: its connection pools, latency estimate, outlier
+//!   ejection and health verdict survive every config swap that keeps it.
+//!   The [`Registry`] finds it by address (and the TLS identity its
+//!   connections verify), so a new snapshot looks endpoints up instead of
+//!   building them. An endpoint no set lists any more is drained by being
+//!   let go: requests in flight hold it and finish, and its idle
+//!   connections close when the last holder drops it.
+//! * A [`Cluster`] lives as long as configs name it. Its settings and its
+//!   endpoint set are swapped in place ([`ClusterState`]), so route stacks
+//!   built against it stay valid, and its endpoints can change on their own
+//!   ([`Cluster::set_endpoints`]) without recompiling a route. Its policy
+//!   state (breaker counts, retry budget) and its health probe carry over
+//!   a swap unless their own config changed.
+//! * A snapshot's compiled routes (`runtime.rs`) hold `Arc<Cluster>`s.
+//!
+//! Applying a config is two steps, so a config refused halfway (a route
+//! that does not compile, a listener that cannot bind) changes nothing:
+//! [`Clusters::plan`] builds the new state beside the running one, and
+//! [`Plan::commit`] swaps it in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::client::conn::{http1, http2};
+use prometheus_client::metrics::counter::Counter;
+use skiff_control::model::{self, ClusterProtocol};
+use skiff_filters::Body;
+use skiff_filters::balance::{Balancer, EndpointStats};
+use skiff_filters::outlier::OutlierConfig;
+use skiff_filters::stack::ClusterPolicy;
+use skiff_filters::telemetry::Metrics;
+use tokio::task::AbortHandle;
+
+use crate::health::{self, Probe};
+use crate::tls::{Connector, Identity};
+
+/// One upstream address and its connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: String,
+    /// Load and health, shared with the balancer and `/clusters`.
+    pub stats: Arc<EndpointStats>,
+    pub(crate) idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    pub(crate) h2: arc_swap::ArcSwapOption<http2::SendRequest<Body>>,
+    /// Serialises HTTP/2 connects so a burst opens one connection, not many.
+    pub(crate) h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl Endpoint {
+    fn new(address: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            stats: Arc::new(EndpointStats::new(address.to_owned())),
+            idle_h1: Mutex::new(Vec::new()),
+            h2: arc_swap::ArcSwapOption::empty(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// How retries and errors name this endpoint: stable while sets change.
+    pub fn id(&self) -> usize {
+        self.stats.id
+    }
+}
+
+/// Who an endpoint is: its address, and the identity its TLS connections
+/// must present (a pool of connections verified for one identity must not
+/// serve a cluster that expects another).
+type Key = (String, Option<String>);
+
+/// Every endpoint some cluster lists, by address and TLS identity. Holds
+/// them weakly: the sets that list them keep them alive.
+#[derive(Debug, Default)]
+pub struct Registry {
+    endpoints: Mutex<HashMap<Key, Weak<Endpoint>>>,
+}
+
+impl Registry {
+    /// The endpoint at `address` for connections verifying `identity`:
+    /// the running one if any set still holds it, else a new one.
+    pub fn get(&self, address: &str, identity: Option<&str>) -> Arc<Endpoint> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (address.to_owned(), identity.map(str::to_owned));
+        if let Some(ep) = map.get(&key).and_then(Weak::upgrade) {
+            return ep;
+        }
+        // A good moment to forget endpoints nothing holds any more.
+        map.retain(|_, e| e.strong_count() > 0);
+        let ep = Arc::new(Endpoint::new(address));
+        map.insert(key, Arc::downgrade(&ep));
+        ep
+    }
+}
+
+/// A cluster's endpoints as of one update, and the balancer over them.
+#[derive(Debug)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub weights: Vec<u32>,
+    pub(crate) balancer: Balancer,
+}
+
+impl EndpointSet {
+    fn new(c: &model::Cluster, endpoints: Vec<(Arc<Endpoint>, u32)>) -> Self {
+        let (endpoints, weights): (Vec<_>, Vec<_>) = endpoints.into_iter().unzip();
+        let stats = endpoints.iter().map(|e| e.stats.clone()).collect();
+        Self {
+            balancer: Balancer::new(c, stats, &weights),
+            endpoints,
+            weights,
+        }
+    }
+
+    /// Whether this set lists exactly these endpoints with these weights.
+    fn same_as(&self, wanted: &[(Arc<Endpoint>, u32)]) -> bool {
+        self.endpoints.len() == wanted.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&self.weights)
+                .zip(wanted)
+                .all(|((e, w), (we, ww))| Arc::ptr_eq(e, we) && w == ww)
+    }
+}
+
+/// How a cluster talks to its endpoints, from its config (its endpoints
+/// aside). Replaced whole when that config changes.
+#[derive(Debug)]
+pub struct Settings {
+    pub name: Arc<str>,
+    /// The config these settings were built from, endpoints aside: what a
+    /// new config is compared with.
+    config: model::Cluster,
+    pub(crate) protocol: ClusterProtocol,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) outlier: Option<OutlierConfig>,
+    /// Active health checks run: an ejected endpoint then returns only once a probe passes.
+    pub health_checked: bool,
+    /// Per-cluster filter state (breaker, retry budget), shared by every
+    /// route to this cluster; the pool enforces the breaker's connection and
+    /// pending limits.
+    pub policy: ClusterPolicy,
+    /// `tls.server_identity`: originate mTLS.
+    pub(crate) tls: Option<Connector>,
+}
+
+/// What a request reads from its cluster, in one atomic load.
+#[derive(Debug)]
+pub struct ClusterState {
+    pub settings: Arc<Settings>,
+    pub set: Arc<EndpointSet>,
+}
+
+/// A cluster: a name that configs refer to, and its current state.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    state: ArcSwap<ClusterState>,
+    pub(crate) ejections: Counter,
+    /// The health-check task, and the config it was started with.
+    probe: Mutex<Option<(model::HealthCheck, ClusterProtocol, AbortHandle)>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some((_, _, task)) = self.probe.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// The current settings and endpoints (an `Arc` each: a request holds
+    /// them for its whole exchange, whatever is swapped meanwhile).
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.load_full()
+    }
+
+    pub fn protocol(&self) -> ClusterProtocol {
+        self.state.load().settings.protocol
+    }
+
+    /// Replaces the endpoint set alone: routes, policies and the endpoints
+    /// that stay are untouched. What a control feed's endpoint update does.
+    pub fn set_endpoints(&self, registry: &Registry, endpoints: &[model::Endpoint]) {
+        let current = self.state.load_full();
+        let wanted = lookup(registry, &current.settings.config, endpoints);
+        if current.set.same_as(&wanted) {
+            return;
+        }
+        let set = Arc::new(EndpointSet::new(&current.settings.config, wanted));
+        self.state.store(Arc::new(ClusterState {
+            settings: current.settings.clone(),
+            set,
+        }));
+    }
+}
+
+/// The endpoints `endpoints` names, found in (or added to) the registry.
+fn lookup(
+    registry: &Registry,
+    c: &model::Cluster,
+    endpoints: &[model::Endpoint],
+) -> Vec<(Arc<Endpoint>, u32)> {
+    let identity = c.tls.as_ref().map(|t| t.server_identity.as_str());
+    endpoints
+        .iter()
+        .map(|e| (registry.get(&e.address, identity), e.weight))
+        .collect()
+}
+
+/// Every cluster the running config names, and every endpoint they list.
+#[derive(Debug, Default)]
+pub struct Clusters {
+    by_name: Mutex<HashMap<Arc<str>, Arc<Cluster>>>,
+    pub registry: Registry,
+}
+
+/// A config's clusters, built beside the running ones: nothing running has
+/// changed until [`Plan::commit`].
+pub struct Plan {
+    /// By name; new clusters are already here, existing ones are the
+    /// running `Arc`s (their new state waits in `states`).
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    states: Vec<(Arc<Cluster>, Arc<ClusterState>)>,
+    probes: Vec<(Arc<Cluster>, model::HealthCheck)>,
+}
+
+impl Plan {
+    /// The cluster called `name`, and the state it will have.
+    pub fn get(&self, name: &str) -> Option<(&Arc<Cluster>, &Arc<ClusterState>)> {
+        self.states
+            .iter()
+            .find(|(c, _)| &*c.name == name)
+            .map(|(c, s)| (c, s))
+    }
+}
+
+impl Clusters {
+    /// Builds the state `config`'s clusters should have: settings kept when
+    /// unchanged, policy pieces kept when their own config is unchanged,
+    /// endpoints looked up in the registry.
+    pub fn plan(
+        &self,
+        config: &skiff_control::Config,
+        metrics: &Arc<Metrics>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Plan {
+        let running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let mut plan = Plan {
+            clusters: HashMap::with_capacity(config.clusters.len()),
+            states: Vec::new(),
+            probes: Vec::new(),
+        };
+        for (name, c) in &config.clusters {
+            let old = running.get(name.as_str()).cloned();
+            let old_state = old.as_ref().map(|o| o.state());
+            let settings = match &old_state {
+                Some(s) if same_settings(&s.settings.config, c) => s.settings.clone(),
+                _ => Arc::new(settings(name, c, metrics, identity, old_state.as_deref())),
+            };
+            let wanted = lookup(&self.registry, c, &c.endpoints);
+            let set = match &old_state {
+                Some(s) if Arc::ptr_eq(&s.settings, &settings) && s.set.same_as(&wanted) => {
+                    s.set.clone()
+                }
+                _ => Arc::new(EndpointSet::new(c, wanted)),
+            };
+            let state = Arc::new(ClusterState { settings, set });
+            let cluster = match old {
+                Some(cluster) => cluster,
+                None => {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    Arc::new(Cluster {
+                        ejections: metrics.ejections(&name),
+                        name,
+                        state: ArcSwap::new(state.clone()),
+                        probe: Mutex::new(None),
+                    })
+                }
+            };
+            if let Some(hc) = &c.health_check {
+                plan.probes.push((cluster.clone(), hc.clone()));
+            }
+            plan.states.push((cluster.clone(), state));
+            plan.clusters.insert(cluster.name.clone(), cluster);
+        }
+        plan
+    }
+
+    /// Makes `plan` the running clusters: swaps each one's state, forgets
+    /// the clusters the config no longer names (they go when the last
+    /// route holding them does), and keeps each health probe whose config
+    /// is unchanged, so a push does not set off a round of probes.
+    pub fn commit(&self, plan: Plan) {
+        for (cluster, state) in &plan.states {
+            if !Arc::ptr_eq(&cluster.state.load(), state) {
+                cluster.state.store(state.clone());
+            }
+        }
+        for (cluster, _) in &plan.states {
+            let wanted = plan.probes.iter().find(|(c, _)| Arc::ptr_eq(c, cluster));
+            let mut probe = cluster.probe.lock().unwrap_or_else(|p| p.into_inner());
+            let protocol = cluster.protocol();
+            let keep = match (&*probe, wanted) {
+                (Some((hc, p, _)), Some((_, want))) => hc == want && *p == protocol,
+                (None, None) => true,
+                _ => false,
+            };
+            if keep {
+                continue;
+            }
+            if let Some((_, _, task)) = probe.take() {
+                task.abort();
+            }
+            match wanted {
+                Some((_, hc)) => {
+                    let task = health::spawn(cluster, Probe::from_config(hc, protocol));
+                    *probe = Some((hc.clone(), protocol, task));
+                }
+                None => {
+                    // Nothing will probe them any more: a verdict from a
+                    // removed health check must not keep them out for good.
+                    for ep in &cluster.state().set.endpoints {
+                        ep.stats.set_healthy(true);
+                    }
+                }
+            }
+        }
+        let mut running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in running.keys().filter(|n| !plan.clusters.contains_key(*n)) {
+            if let Some(c) = running.get(gone)
+                && let Some((_, _, task)) = c.probe.lock().unwrap_or_else(|p| p.into_inner()).take()
+            {
+                task.abort();
+            }
+        }
+        *running = plan.clusters;
+    }
+
+    /// The running cluster called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        let running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(name).cloned()
+    }
+}
+
+/// Whether two cluster configs differ only in their endpoints.
+fn same_settings(a: &model::Cluster, b: &model::Cluster) -> bool {
+    let without = |c: &model::Cluster| model::Cluster {
+        endpoints: Vec::new(),
+        ..c.clone()
+    };
+    without(a) == without(b)
+}
+
+/// A cluster's settings from its config. The breaker and the retry budget
+/// are the running ones when their own config did not change: their counts
+/// and tokens carry over.
+fn settings(
+    name: &str,
+    c: &model::Cluster,
+    metrics: &Arc<Metrics>,
+    identity: Option<&Arc<Identity>>,
+    old: Option<&ClusterState>,
+) -> Settings {
+    let name: Arc<str> = Arc::from(name);
+    let mut policy = ClusterPolicy::from_config(name.clone(), c, metrics);
+    if let Some(old) = old {
+        let was = &old.settings.config;
+        if was.circuit_breaker == c.circuit_breaker {
+            policy.breaker = old.settings.policy.breaker.clone();
+        }
+        if was.retry_budget == c.retry_budget {
+            policy.budget = old.settings.policy.budget.clone();
+        }
+    }
+    Settings {
+        config: model::Cluster {
+            endpoints: Vec::new(),
+            ..c.clone()
+        },
+        protocol: c.protocol,
+        connect_timeout: c.connect_timeout.get(),
+        outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_config),
+        health_checked: c.health_check.is_some(),
+        policy,
+        tls: c
+            .tls
+            .as_ref()
+            .map(|t| Connector::new(identity, &t.server_identity)),
+        name,
+    }
+}
