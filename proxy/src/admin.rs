@@ -36,7 +36,7 @@ pub const ENDPOINTS: [(&str, &str); 5] = [
     ),
     (
         "/config",
-        "The applied config as JSON: `{\"version\", \"source\", \"config\"}`, defaults filled in. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
+        "The running config as JSON: `version`, `source`, `applied_at` (Unix seconds), `config` (defaults filled in), and `last_rejection`: the last config a source offered that was not applied (`source`, `at`, `problems`), or null. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
     ),
     (
         "/clusters",
@@ -89,7 +89,22 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
         "/config" => {
             let runtime = shared.runtime.load();
             let s = &runtime.snapshot;
-            json_rsp(&json!({"version": s.version, "source": s.source, "config": s.config}))
+            let applied_at = runtime
+                .applied_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let rejection = shared
+                .last_rejection
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            json_rsp(&json!({
+                "version": s.version,
+                "source": s.source,
+                "applied_at": applied_at,
+                "config": s.config,
+                "last_rejection": rejection,
+            }))
         }
         "/clusters" => {
             let runtime = shared.runtime.load();

@@ -3,26 +3,24 @@
 //! real proxy in-process.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
+use skiff_control::model::TlsMode;
 use skiff_control::source::{Delivery, Outcome, Update};
 use skiff_control::{Config, Snapshot};
 use skiff_filters::telemetry::Metrics;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::cluster::Clusters;
-use crate::listener::{self, Serve};
+use crate::listener::{self, Listeners};
 use crate::runtime::{CompileError, Runtime};
-use crate::server::{Handler, ListenerCtx};
-use crate::shutdown::Signal;
-use crate::tls::{self, Identity, IdentityError, Inbound};
-use crate::{admin, protocol};
+use crate::shutdown::{Signal, Watch};
+use crate::tls::{self, Identity, IdentityError};
 
 /// State every connection and the admin server share.
 pub struct Shared {
@@ -38,37 +36,86 @@ pub struct Shared {
     pub errors: crate::error_log::ErrorLog,
     /// Clusters and endpoints: they outlive runtimes.
     pub clusters: Clusters,
+    /// The running listeners: they outlive runtimes too.
+    pub listeners: Listeners,
+    /// A watch on the process's drain, which new accept loops start from;
+    /// `None` once the drain started (nothing new may start then).
+    base: Mutex<Option<Watch>>,
+    /// `runtime.drain_timeout`, fixed at start: how long a removed
+    /// listener's connections may take.
+    drain_timeout: Duration,
+    /// The last config a source offered that was not applied, for `/config`.
+    pub last_rejection: Mutex<Option<Rejection>>,
+}
+
+/// A config that was not applied, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    pub source: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub problems: Vec<String>,
 }
 
 impl Shared {
-    /// Applies a new config while traffic flows: routes, clusters, filters
-    /// and authorization change at once for new requests; requests in flight
-    /// finish on the config they started with. Endpoints that stay keep their
-    /// balancing and ejection state. What is fixed at start (listeners, the
-    /// admin address, `identity`, `runtime`) cannot change this way: such a
-    /// config is refused whole, since applying half of it could leave a
-    /// listener pointing at a route table that is gone.
-    pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+    /// Applies a new config while traffic flows: listeners, routes,
+    /// clusters, endpoints, filters and authorization change at once for
+    /// new requests; requests in flight finish on the config they started
+    /// with. What outlives a snapshot (endpoints and their pools, policy
+    /// state, probes, listener sockets) is kept wherever its own config is
+    /// unchanged. What is fixed at start (the admin address, `identity`,
+    /// `runtime`) cannot change this way, and a listener that cannot bind
+    /// refuses the config: either is refused whole, and nothing changes.
+    pub fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), BuildError> {
         let current = self.runtime.load();
         let (old, new) = (&current.snapshot.config, &snapshot.config);
         let fixed = [
-            ("listeners", old.listeners != new.listeners),
             ("admin", old.admin != new.admin),
             ("identity", old.identity != new.identity),
             ("runtime", old.runtime != new.runtime),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
-            return Err(CompileError::NeedsRestart { key });
+            return Err(CompileError::NeedsRestart { key }.into());
         }
-        let plan = self
+        let Some(base) = self.base.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(BuildError::Draining);
+        };
+        let clusters = self
             .clusters
             .plan(&snapshot.config, &self.metrics, self.identity.as_ref());
-        let next = Runtime::compile(Arc::new(snapshot), &self.metrics, &plan, Some(&current))?;
+        let mut next =
+            Runtime::compile(Arc::new(snapshot), &self.metrics, &clusters, Some(&current))?;
+        let listeners = self.listeners.plan(
+            &next.snapshot.config.listeners,
+            self,
+            self.identity.as_ref(),
+        )?;
+        for (was, now) in &listeners.renamed {
+            next.alias_listener(was, now);
+        }
+        // Nothing could fail from here on.
         let version = next.snapshot.version;
-        self.clusters.commit(plan);
+        self.clusters.commit(clusters);
         self.runtime.store(Arc::new(next));
+        self.listeners
+            .commit(listeners, &self.metrics, &base, self.drain_timeout);
         info!(version, "config applied");
         Ok(())
+    }
+
+    /// Notes a config that was not applied, for `/config`.
+    pub fn rejected(&self, source: &str, problems: Vec<String>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Rejection {
+            source: source.to_owned(),
+            at,
+            problems,
+        });
     }
 }
 
@@ -93,12 +140,13 @@ pub enum BuildError {
         listener: String,
         source: rustls::Error,
     },
+    #[error("the proxy is draining: no new config is applied")]
+    Draining,
 }
 
 /// A running proxy: its bound addresses and its shutdown handle.
 pub struct Bound {
     admin: SocketAddr,
-    listeners: Vec<(String, SocketAddr)>,
     shared: Arc<Shared>,
     signal: Signal,
     drain_timeout: Duration,
@@ -114,11 +162,9 @@ impl Bound {
         self.admin
     }
 
+    /// Where the listener called `name` is bound now.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.shared.listeners.addr(name)
     }
 
     /// Reads the identity files now, as the periodic poll does: `Ok(true)`
@@ -133,7 +179,7 @@ impl Bound {
     }
 
     /// Applies a new config while traffic flows (see `Shared::apply`).
-    pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
         self.shared.apply(snapshot)
     }
 
@@ -159,8 +205,10 @@ impl Bound {
                         match shared.apply(*snapshot) {
                             Ok(()) => Outcome::Applied,
                             Err(e) => {
-                                warn!(%source, error = %e, "config change refused; keeping the last good config");
-                                Outcome::Rejected(vec![e.to_string()])
+                                let why = skiff_filters::error::render_chain(&e);
+                                warn!(%source, error = %why, "config change refused; keeping the last good config");
+                                shared.rejected(&source, vec![why.clone()]);
+                                Outcome::Rejected(vec![why])
                             }
                         }
                     }
@@ -168,7 +216,11 @@ impl Bound {
                         for e in &errors.0 {
                             warn!(problem = %e, "config change refused; keeping the last good config");
                         }
-                        Outcome::Rejected(errors.0.iter().map(ToString::to_string).collect())
+                        let problems: Vec<String> =
+                            errors.0.iter().map(ToString::to_string).collect();
+                        let source = errors.0.first().map_or(String::new(), |e| e.file.clone());
+                        shared.rejected(&source, problems.clone());
+                        Outcome::Rejected(problems)
                     }
                 };
                 let result = match outcome {
@@ -187,6 +239,13 @@ impl Bound {
     /// listeners close, open connections are asked to finish.
     pub fn drain(&self) {
         self.shared.ready.store(false, Ordering::Release);
+        // The base watch counts as work in flight: let it go, and let no
+        // new listener start.
+        self.shared
+            .base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.signal.drain();
     }
 
@@ -236,11 +295,6 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let config = &snapshot.config;
     let drain_timeout = config.runtime.drain_timeout.get();
     let admin_address = config.admin.address.clone();
-    let mut sockets = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        sockets.push(bind(&format!("listener {}", l.name), &l.address).await?);
-    }
-    let admin_socket = bind("admin", &admin_address).await?;
 
     // The identity first: clusters with `tls` and TLS listeners need it,
     // and a missing or invalid file must stop the start, not the first request.
@@ -253,6 +307,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let plan = clusters.plan(config, &metrics, identity.as_ref());
     let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None)?;
     clusters.commit(plan);
+    let signal = Signal::new();
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
         metrics,
@@ -260,111 +315,38 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         identity: identity.clone(),
         errors: crate::error_log::ErrorLog::default(),
         clusters,
+        listeners: Listeners::default(),
+        base: Mutex::new(Some(signal.watch())),
+        drain_timeout,
+        last_rejection: Mutex::new(None),
     });
-    let signal = Signal::new();
-    let mut listeners = Vec::with_capacity(sockets.len());
-    for (l, socket) in config.listeners.iter().zip(sockets) {
-        let addr = local_addr(&socket, &l.address)?;
-        let name: Arc<str> = Arc::from(l.name.as_str());
-        let serve = match l.protocol {
-            ListenerProtocol::Tcp => Serve::Tcp {
-                cluster: l.cluster.clone().unwrap_or_default(),
-                shared: shared.clone(),
-            },
-            p => Serve::Http {
-                servers: Arc::new(protocol::servers(
-                    p,
-                    l.header_timeout.get(),
-                    protocol::HeadLimits::of(l),
-                )),
-                handler: Handler {
-                    shared: shared.clone(),
-                    listener: Arc::new(ListenerCtx {
-                        name: name.clone(),
-                        direction: l.direction,
-                        routes: l.routes.clone().unwrap_or_default(),
-                        header_timeout: l.header_timeout.get(),
-                        limits: protocol::HeadLimits::of(l),
-                    }),
-                    peer: None,
-                },
-            },
-        };
-        let tls = inbound_tls(l, &name, identity.as_ref(), &shared.metrics)?;
-        info!(listener = %l.name, %addr, protocol = %l.protocol, tls = %l.tls.as_ref().map(|t| t.mode).unwrap_or_default(), "listening");
-        tokio::spawn(listener::run(
-            socket,
-            name,
-            serve,
-            tls,
-            shared.metrics.clone(),
-            signal.watch(),
-        ));
-        listeners.push((l.name.clone(), addr));
-    }
-    let admin = local_addr(&admin_socket, &admin_address)?;
+    let listeners = shared
+        .listeners
+        .plan(&config.listeners, &shared, identity.as_ref())?;
+    let admin_socket = listener::bind("admin", &admin_address)?;
+    let base = signal.watch();
+    shared
+        .listeners
+        .commit(listeners, &shared.metrics, &base, drain_timeout);
+    drop(base);
+    let admin = admin_socket
+        .local_addr()
+        .map_err(|source| BuildError::Bind {
+            what: "local address".to_owned(),
+            addr: admin_address.clone(),
+            source,
+        })?;
     info!(%admin, "admin listening");
     let admin_task = tokio::spawn(admin::run(admin_socket, shared.clone()));
     let reloader = identity.map(|i| tls::spawn_reloader(i, tls::RELOAD_INTERVAL));
     shared.ready.store(true, Ordering::Release);
     Ok(Bound {
         admin,
-        listeners,
         shared,
         signal,
         drain_timeout,
         admin_task,
         reloader,
         background: Vec::new(),
-    })
-}
-
-/// The listener's TLS termination, when `tls.mode` is strict or permissive.
-fn inbound_tls(
-    l: &Listener,
-    name: &Arc<str>,
-    identity: Option<&Arc<Identity>>,
-    metrics: &Arc<Metrics>,
-) -> Result<Option<Arc<Inbound>>, BuildError> {
-    let mode = l.tls.as_ref().map_or(TlsMode::Disabled, |t| t.mode);
-    if mode == TlsMode::Disabled {
-        return Ok(None);
-    }
-    let Some(identity) = identity else {
-        return Err(BuildError::NoIdentity {
-            listener: l.name.clone(),
-            mode,
-        });
-    };
-    let inbound = Inbound::new(
-        identity,
-        mode,
-        protocol::alpn(l.protocol),
-        name.clone(),
-        metrics.clone(),
-        l.header_timeout.get(),
-    )
-    .map_err(|source| BuildError::Tls {
-        listener: l.name.clone(),
-        source,
-    })?;
-    Ok(Some(Arc::new(inbound)))
-}
-
-async fn bind(what: &str, addr: &str) -> Result<TcpListener, BuildError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BuildError::Bind {
-            what: what.to_owned(),
-            addr: addr.to_owned(),
-            source,
-        })
-}
-
-fn local_addr(socket: &TcpListener, addr: &str) -> Result<SocketAddr, BuildError> {
-    socket.local_addr().map_err(|source| BuildError::Bind {
-        what: "local address".to_owned(),
-        addr: addr.to_owned(),
-        source,
     })
 }

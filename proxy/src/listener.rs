@@ -1,16 +1,36 @@
-//! Accept loops: one per listener, stopped by the drain.
+//! Listeners: the accept loops, and the set of them a config asks for.
+//!
+//! A listener's socket lives as long as configs keep its address; what it
+//! does with each connection ([`ListenerState`]: protocol, limits, TLS,
+//! the tcp relay's cluster) is swapped in place when its config changes,
+//! so a listener whose routes or settings change never refuses a
+//! connection. Which route table serves it is read from the runtime per
+//! request, so connections opened before a change follow the new table.
+//!
+//! [`Listeners::plan`] binds every new socket and builds every new state
+//! before anything running changes: a listener that cannot bind (address in
+//! use, permission) rejects the whole config, with the reason, and the
+//! running one stays. [`ListenerPlan::commit`] then starts the new accept
+//! loops, swaps states, and drains the listeners that went (or moved to
+//! another address) in their own [`Scope`]: they stop accepting at once,
+//! their connections finish, and whatever is left is cut after the drain
+//! timeout, while every other listener keeps serving.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
 use skiff_filters::telemetry::Metrics;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::app::Shared;
-use crate::protocol::Servers;
-use crate::server::{self, Handler};
-use crate::shutdown::Watch;
-use crate::tls::{Accepted, Inbound};
+use crate::app::{BuildError, Shared};
+use crate::protocol::{self, Servers};
+use crate::server::{self, Handler, ListenerCtx};
+use crate::shutdown::{Scope, Watch};
+use crate::tls::{Accepted, Identity, Inbound};
 use crate::upstream::{self, Io};
 
 /// What a listener does with an accepted connection.
@@ -26,16 +46,262 @@ pub enum Serve {
     },
 }
 
-/// Accepts until the drain starts; dropping the socket then makes new
-/// connects fail fast, so clients and load balancers move elsewhere.
+/// Everything a listener's config decides about a new connection, swapped
+/// whole when that config changes.
+pub struct ListenerState {
+    pub name: Arc<str>,
+    pub serve: Serve,
+    pub tls: Option<Arc<Inbound>>,
+}
+
+impl ListenerState {
+    /// The state `l` asks for. Fails only when `l` wants TLS that cannot be
+    /// set up (no identity, a bad one).
+    pub fn build(
+        l: &Listener,
+        shared: &Arc<Shared>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Self, BuildError> {
+        let name: Arc<str> = Arc::from(l.name.as_str());
+        let serve = match l.protocol {
+            ListenerProtocol::Tcp => Serve::Tcp {
+                cluster: l.cluster.clone().unwrap_or_default(),
+                shared: shared.clone(),
+            },
+            p => Serve::Http {
+                servers: Arc::new(protocol::servers(
+                    p,
+                    l.header_timeout.get(),
+                    protocol::HeadLimits::of(l),
+                )),
+                handler: Handler {
+                    shared: shared.clone(),
+                    listener: Arc::new(ListenerCtx {
+                        name: name.clone(),
+                        direction: l.direction,
+                        header_timeout: l.header_timeout.get(),
+                        limits: protocol::HeadLimits::of(l),
+                    }),
+                    peer: None,
+                },
+            },
+        };
+        let tls = inbound_tls(l, &name, identity, &shared.metrics)?;
+        Ok(Self { name, serve, tls })
+    }
+}
+
+/// The listener's TLS termination, when `tls.mode` is strict or permissive.
+fn inbound_tls(
+    l: &Listener,
+    name: &Arc<str>,
+    identity: Option<&Arc<Identity>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Inbound>>, BuildError> {
+    let mode = l.tls.as_ref().map_or(TlsMode::Disabled, |t| t.mode);
+    if mode == TlsMode::Disabled {
+        return Ok(None);
+    }
+    let Some(identity) = identity else {
+        return Err(BuildError::NoIdentity {
+            listener: l.name.clone(),
+            mode,
+        });
+    };
+    let inbound = Inbound::new(
+        identity,
+        mode,
+        protocol::alpn(l.protocol),
+        name.clone(),
+        metrics.clone(),
+        l.header_timeout.get(),
+    )
+    .map_err(|source| BuildError::Tls {
+        listener: l.name.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(inbound)))
+}
+
+/// Binds `addr` now, with `SO_REUSEADDR` (as tokio's own bind does, so a
+/// port with connections in TIME_WAIT can be bound again at once).
+pub fn bind(what: &str, addr: &str) -> Result<TcpListener, BuildError> {
+    let fail = |source| BuildError::Bind {
+        what: what.to_owned(),
+        addr: addr.to_owned(),
+        source,
+    };
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(parsed),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&parsed.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+/// One running listener.
+struct Running {
+    config: Listener,
+    addr: SocketAddr,
+    state: Arc<ArcSwap<ListenerState>>,
+    scope: Scope,
+}
+
+/// The running listeners.
+#[derive(Default)]
+pub struct Listeners {
+    running: Mutex<Vec<Running>>,
+}
+
+/// A config's listeners, bound and built beside the running ones.
+pub struct ListenerPlan {
+    /// Listeners kept (by position in `running`) with their new state and config.
+    swaps: Vec<(usize, Listener, ListenerState)>,
+    /// New sockets, with their config and state.
+    added: Vec<(Listener, TcpListener, SocketAddr, ListenerState)>,
+    /// Running listeners to drain (by position in `running`).
+    gone: Vec<usize>,
+    /// Listener names that now go by another (same socket, new name).
+    pub renamed: Vec<(String, String)>,
+}
+
+impl Listeners {
+    /// Binds what `wanted` adds and builds every state, changing nothing
+    /// that runs. A listener keeps its socket when a listener of the same
+    /// name, or failing that of the same address, runs now.
+    pub fn plan(
+        &self,
+        wanted: &[Listener],
+        shared: &Arc<Shared>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<ListenerPlan, BuildError> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut plan = ListenerPlan {
+            swaps: Vec::new(),
+            added: Vec::new(),
+            gone: Vec::new(),
+            renamed: Vec::new(),
+        };
+        let mut kept = vec![false; running.len()];
+        // A running listener of the same name and address first; then, for
+        // a listener that has none, one of the same address no other
+        // listener kept (a rename). Port 0 means "any free port": never
+        // the same address as another.
+        let mut keep = |l: &Listener, same_name: bool| {
+            let i = running.iter().enumerate().position(|(i, r)| {
+                !kept[i] && r.config.address == l.address && (!same_name || r.config.name == l.name)
+            })?;
+            kept[i] = true;
+            Some(i)
+        };
+        let mut matched: Vec<Option<usize>> = wanted.iter().map(|l| keep(l, true)).collect();
+        for (l, m) in wanted.iter().zip(matched.iter_mut()) {
+            if m.is_none() && !l.address.ends_with(":0") {
+                *m = keep(l, false);
+            }
+        }
+        for (l, m) in wanted.iter().zip(matched) {
+            let state = ListenerState::build(l, shared, identity)?;
+            match m {
+                Some(i) => {
+                    if running[i].config.name != l.name {
+                        plan.renamed
+                            .push((running[i].config.name.clone(), l.name.clone()));
+                    }
+                    plan.swaps.push((i, l.clone(), state));
+                }
+                None => {
+                    let socket = bind(&format!("listener {}", l.name), &l.address)?;
+                    let addr = socket.local_addr().map_err(|source| BuildError::Bind {
+                        what: "local address".to_owned(),
+                        addr: l.address.clone(),
+                        source,
+                    })?;
+                    plan.added.push((l.clone(), socket, addr, state));
+                }
+            }
+        }
+        plan.gone = (0..running.len()).filter(|i| !kept[*i]).collect();
+        Ok(plan)
+    }
+
+    /// Makes `plan` the running listeners. `base` is a watch on the
+    /// process's drain; `drain_timeout` bounds how long a removed
+    /// listener's connections may take.
+    pub fn commit(
+        &self,
+        plan: ListenerPlan,
+        metrics: &Arc<Metrics>,
+        base: &Watch,
+        drain_timeout: Duration,
+    ) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, config, state) in plan.swaps {
+            let r = &mut running[i];
+            if r.config != config {
+                info!(listener = %config.name, addr = %r.addr, "listener changed in place");
+            }
+            r.state.store(Arc::new(state));
+            r.config = config;
+        }
+        let mut gone: Vec<usize> = plan.gone;
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        for i in gone {
+            let r = running.remove(i);
+            info!(listener = %r.config.name, addr = %r.addr, "listener removed: draining its connections");
+            r.scope.drain();
+            tokio::spawn(async move {
+                tokio::time::sleep(drain_timeout).await;
+                r.scope.terminate();
+            });
+        }
+        for (config, socket, addr, state) in plan.added {
+            info!(listener = %config.name, %addr, protocol = %config.protocol, tls = %config.tls.as_ref().map(|t| t.mode).unwrap_or_default(), "listening");
+            let scope = Scope::new();
+            let state = Arc::new(ArcSwap::from_pointee(state));
+            tokio::spawn(run(
+                socket,
+                state.clone(),
+                metrics.clone(),
+                scope.watch(base),
+            ));
+            running.push(Running {
+                config,
+                addr,
+                state,
+                scope,
+            });
+        }
+    }
+
+    /// Where the listener called `name` is bound.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .find(|r| r.config.name == name)
+            .map(|r| r.addr)
+    }
+}
+
+/// Accepts until the drain (the process's or this listener's) starts;
+/// dropping the socket then makes new connects fail fast, so clients and
+/// load balancers move elsewhere. Each connection is served with the
+/// listener's state as it is when the connection arrives.
 ///
 /// With `tls`, each connection's handshake (or permissive sniff) runs in its
 /// own task, so a slow or hostile client never holds up the accept loop.
 pub async fn run(
     listener: TcpListener,
-    name: Arc<str>,
-    serve: Serve,
-    tls: Option<Arc<Inbound>>,
+    state: Arc<ArcSwap<ListenerState>>,
     metrics: Arc<Metrics>,
     mut drain: Watch,
 ) {
@@ -45,7 +311,7 @@ pub async fn run(
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: keep serving what we have.
-                    warn!(listener = %name, error = %e, "accept failed");
+                    warn!(listener = %state.load().name, error = %e, "accept failed");
                     // Out of file descriptors and the like: retrying at once
                     // would spin a core until it clears.
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -54,12 +320,13 @@ pub async fn run(
             },
             _ = drain.draining() => break,
         };
-        debug!(listener = %name, %peer, "accepted");
+        let current = state.load_full();
+        debug!(listener = %current.name, %peer, "accepted");
         // Small writes (headers, gRPC frames) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let guard = metrics.connection_opened(&name);
+        let guard = metrics.connection_opened(&current.name);
         let watch = drain.clone();
-        match (&serve, tls.clone()) {
+        match (&current.serve, current.tls.clone()) {
             (Serve::Http { servers, handler }, None) => {
                 let (servers, handler) = (servers.clone(), handler.clone());
                 tokio::spawn(async move {
@@ -93,7 +360,7 @@ pub async fn run(
             }
         }
     }
-    debug!(listener = %name, "stopped accepting");
+    debug!(listener = %state.load().name, "stopped accepting");
 }
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream

@@ -29,6 +29,10 @@ pub struct Runtime {
     /// When this config started serving.
     pub applied_at: std::time::SystemTime,
     tables: HashMap<String, Vec<Route>>,
+    /// Which table serves each listener, by listener name. Read per
+    /// request, so a connection follows its listener's table as configs
+    /// change.
+    listeners: HashMap<String, String>,
     /// The clusters this config names, by name, for `/clusters` and tcp listeners.
     pub clusters: Vec<Arc<Cluster>>,
     /// Each route's token bucket with the config it was built from, by
@@ -126,23 +130,38 @@ impl Runtime {
         }
         let mut clusters: Vec<_> = plan.clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.routes.clone()?)))
+            .collect();
         Ok(Self {
             snapshot,
             applied_at: std::time::SystemTime::now(),
             tables,
+            listeners,
             clusters,
             rate_limits,
         })
     }
 
-    /// The first route of `table` that matches, and the cluster it picks.
-    pub fn route<B>(&self, table: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
+    /// The first route of `listener`'s table that matches, and the cluster it picks.
+    pub fn route<B>(&self, listener: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
+        let table = self.listeners.get(listener)?;
         let route = self
             .tables
             .get(table)?
             .iter()
             .find(|r| r.matcher.matches(req))?;
         Some((route, route.split.pick()))
+    }
+
+    /// Connections a listener accepted under its old name (it was renamed,
+    /// keeping its socket) are served with its new name's table.
+    pub fn alias_listener(&mut self, old: &str, new: &str) {
+        if let Some(table) = self.listeners.get(new).cloned() {
+            self.listeners.insert(old.to_owned(), table);
+        }
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {

@@ -28,8 +28,6 @@ use crate::shutdown::Watch;
 pub struct ListenerCtx {
     pub name: Arc<str>,
     pub direction: Direction,
-    /// The route table serving this listener.
-    pub routes: String,
     /// `header_timeout`: how long a new connection may take to show its
     /// protocol (see `protocol::sniff`) and, for HTTP/1, to send each
     /// request head.
@@ -104,7 +102,7 @@ impl Handler {
                     req.extensions_mut().insert(peer.clone());
                 }
             }
-            match runtime.route(&self.listener.routes, &req) {
+            match runtime.route(&self.listener.name, &req) {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
                     rec.cluster = target.cluster.clone();

@@ -22,7 +22,52 @@ pub struct Signal {
 pub struct Watch {
     draining: watch::Receiver<bool>,
     terminated: watch::Receiver<bool>,
+    /// The part of the process this task belongs to (a listener), which
+    /// may drain on its own: its draining and terminated flags.
+    scope: Option<(watch::Receiver<bool>, watch::Receiver<bool>)>,
     _alive: Option<mpsc::Sender<()>>,
+}
+
+/// A part of the process that drains on its own: a listener a new config
+/// removed or moved, while the rest keeps serving. Its watches see its
+/// drain and the process's; the process's drain still waits for them.
+#[derive(Debug)]
+pub struct Scope {
+    draining: watch::Sender<bool>,
+    terminated: watch::Sender<bool>,
+}
+
+impl Scope {
+    pub fn new() -> Self {
+        Self {
+            draining: watch::channel(false).0,
+            terminated: watch::channel(false).0,
+        }
+    }
+
+    /// A watch on this scope and on the whole process (`base` is a watch
+    /// on the process's drain).
+    pub fn watch(&self, base: &Watch) -> Watch {
+        Watch {
+            scope: Some((self.draining.subscribe(), self.terminated.subscribe())),
+            ..base.clone()
+        }
+    }
+
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Cuts what is still open in this scope (its drain timeout passed).
+    pub fn terminate(&self) {
+        self.terminated.send_replace(true);
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Signal {
@@ -42,6 +87,7 @@ impl Signal {
         Watch {
             draining: self.draining.subscribe(),
             terminated: self.terminated.subscribe(),
+            scope: None,
             _alive: self.alive_tx.clone(),
         }
     }
@@ -77,14 +123,30 @@ impl Default for Signal {
 }
 
 impl Watch {
-    /// Resolves once the drain has started.
+    /// Resolves once the drain has started, the process's or the scope's.
     pub async fn draining(&mut self) {
-        let _ = self.draining.wait_for(|d| *d).await;
+        match &mut self.scope {
+            None => {
+                let _ = self.draining.wait_for(|d| *d).await;
+            }
+            Some((scope, _)) => tokio::select! {
+                _ = self.draining.wait_for(|d| *d) => {}
+                _ = scope.wait_for(|d| *d) => {}
+            },
+        }
     }
 
-    /// Resolves once the drain timeout has passed.
+    /// Resolves once the drain timeout has passed, the process's or the scope's.
     pub async fn terminated(&mut self) {
-        let _ = self.terminated.wait_for(|t| *t).await;
+        match &mut self.scope {
+            None => {
+                let _ = self.terminated.wait_for(|t| *t).await;
+            }
+            Some((_, scope)) => tokio::select! {
+                _ = self.terminated.wait_for(|t| *t) => {}
+                _ = scope.wait_for(|t| *t) => {}
+            },
+        }
     }
 }
 

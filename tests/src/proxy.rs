@@ -6,6 +6,8 @@ use crate::{Client, Config};
 /// A running proxy built by [`skiff::build`] on the test's runtime.
 pub struct Proxy {
     bound: skiff::Bound,
+    /// The version the next applied config gets.
+    next_version: std::sync::atomic::AtomicU64,
 }
 
 // === impl Proxy ===
@@ -21,7 +23,32 @@ impl Proxy {
         let bound = crate::guard("skiff::build", skiff::build(config))
             .await
             .unwrap_or_else(|e| panic!("skiff::build failed: {e}\n--- config ---\n{yaml}"));
-        Self { bound }
+        Self {
+            bound,
+            next_version: std::sync::atomic::AtomicU64::new(2),
+        }
+    }
+
+    /// Applies `yaml` while traffic flows, as a config source does; the
+    /// proxy's reason when it refuses it. `yaml` itself must be valid.
+    pub fn apply(&self, yaml: &str) -> Result<(), String> {
+        let config = skiff_control::load_str(yaml, "test.yaml")
+            .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{yaml}"));
+        let version = self
+            .next_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bound
+            .apply(skiff_control::Snapshot {
+                version,
+                source: "test.yaml".to_owned(),
+                config,
+            })
+            .map_err(|e| skiff_filters::error::render_chain(&e))
+    }
+
+    /// Where listener `name` is bound now, if it runs.
+    pub fn try_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound.listener_addr(name)
     }
 
     /// A proxy with one listener `main` (protocol `listener_protocol`)

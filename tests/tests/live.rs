@@ -1,0 +1,415 @@
+//! Live reconfiguration: what a config swap keeps, and that traffic never
+//! notices. Every change goes through `Bound::apply`, as the file source
+//! and the control feed do; the file source itself is tested in
+//! `reload.rs` and in `skiff-control`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::Request;
+use integration_tests::body::empty;
+use integration_tests::client::{greeter_client, hello};
+use integration_tests::handlers::Gate;
+use integration_tests::{Backend, Client, Greeter, Proxy, guard};
+use skiff_examples::pb::HelloRequest;
+use tokio::sync::{mpsc, watch};
+
+/// One listener `main` → table `main` → cluster `web`, with `extra` YAML
+/// appended to the cluster and `more` appended to the whole config.
+fn web(endpoints: &[SocketAddr], cluster: &str, more: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}
+routes:
+  main:
+    - cluster: web
+clusters:
+  web:
+    endpoints: [{}]
+{cluster}
+{more}",
+        list.join(", ")
+    )
+}
+
+/// An endpoint that stays across a swap keeps its pooled connection: the
+/// backend sees one connection for requests before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_stays_keeps_its_connection() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let proxy = Proxy::start(&web(&[a.addr()], "    lb: round_robin", "")).await;
+    let mut client = Client::http1(proxy.main()).await;
+    assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
+    assert_eq!(a.connections(), 1);
+
+    // Another endpoint joins, the route gains a header: a new snapshot.
+    let swapped = web(&[a.addr(), b.addr()], "    lb: round_robin", "").replace(
+        "    - cluster: web",
+        "    - cluster: web\n      headers: { request: { set: { x-v: \"2\" } } }",
+    );
+    proxy.apply(&swapped).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(
+            client
+                .get("/")
+                .await
+                .header("x-backend")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(
+        seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()),
+        "{seen:?}"
+    );
+    assert_eq!(a.connections(), 1, "a's pooled connection was kept");
+    assert_eq!(b.connections(), 1);
+}
+
+/// An ejection survives an unrelated swap: the ejected endpoint gets no
+/// traffic after it, and `/clusters` still shows it ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_survives_a_swap() {
+    let good = Backend::named("good").spawn().await;
+    let bad = Backend::auto()
+        .fallback(|_req| async { integration_tests::handlers::text(503, "down") })
+        .spawn()
+        .await;
+    let cluster = "    lb: round_robin\n    outlier_detection: { consecutive_failures: 1, base_ejection_time: 1h }";
+    let proxy = Proxy::start(&web(&[good.addr(), bad.addr()], cluster, "")).await;
+    let mut client = Client::http1(proxy.main()).await;
+    // Round robin reaches `bad` within two requests; one failure ejects it.
+    for _ in 0..2 {
+        client.get("/").await;
+    }
+    assert_eq!(bad.requests(), 1);
+
+    proxy
+        .apply(&web(
+            &[good.addr(), bad.addr()],
+            cluster,
+            "  other:\n    endpoints: [127.0.0.1:9]",
+        ))
+        .unwrap();
+    for _ in 0..6 {
+        assert_eq!(client.get("/").await.header("x-backend"), Some("good"));
+    }
+    assert_eq!(bad.requests(), 1, "the ejected endpoint stayed out");
+    let clusters = Client::http1(proxy.admin())
+        .await
+        .get("/clusters")
+        .await
+        .json();
+    let endpoints = &clusters["clusters"][1]["endpoints"];
+    let bad_row = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == bad.addr().to_string())
+        .unwrap();
+    assert_eq!(bad_row["ejected"], true, "{clusters}");
+}
+
+/// A circuit breaker's count survives a change to something else: with
+/// `max_requests: 1` and one request held at the backend, a request after
+/// an unrelated route change is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_count_survives_an_unrelated_change() {
+    let gate = Gate::new();
+    let held = Backend::auto().fallback(gate.handler()).spawn().await;
+    let cluster = "    circuit_breaker: { max_requests: 1 }";
+    let proxy = Proxy::start(&web(&[held.addr()], cluster, "")).await;
+    let main = proxy.main();
+    let first = tokio::spawn(async move { Client::http1(main).await.get("/").await });
+    gate.arrived().await;
+
+    let changed = web(&[held.addr()], cluster, "").replace(
+        "    - cluster: web",
+        "    - cluster: web\n      timeout: 30s",
+    );
+    proxy.apply(&changed).unwrap();
+    let second = Client::http1(main).await.get("/").await;
+    assert_eq!(second.status.as_u16(), 503, "{second:?}");
+    assert_eq!(second.header("skiff-error"), Some("circuit-open"));
+
+    // A changed breaker starts fresh: the held request no longer counts.
+    proxy
+        .apply(&web(
+            &[held.addr()],
+            "    circuit_breaker: { max_requests: 2 }",
+            "",
+        ))
+        .unwrap();
+    gate.open();
+    assert_eq!(first.await.unwrap().status.as_u16(), 200);
+    assert_eq!(
+        Client::http1(main).await.get("/").await.status.as_u16(),
+        200
+    );
+}
+
+/// An added listener serves at once; a removed one stops accepting while
+/// the request it has in flight completes; the others never stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_come_and_go_while_others_serve() {
+    let gate = Gate::new();
+    let app = Backend::named("app")
+        .route("/held", gate.handler())
+        .spawn()
+        .await;
+    let one = web(&[app.addr()], "", "");
+    let two = one.replace(
+        "  - { name: main, address: 127.0.0.1:0, routes: main }",
+        "  - { name: main, address: 127.0.0.1:0, routes: main }\n  - { name: side, address: 127.0.0.1:0, routes: main }",
+    );
+    let proxy = Proxy::start(&one).await;
+    let main = proxy.main();
+    assert!(proxy.try_addr("side").is_none());
+
+    proxy.apply(&two).unwrap();
+    let side = proxy.try_addr("side").expect("the added listener is bound");
+    assert_eq!(proxy.main(), main, "main kept its socket");
+    assert_eq!(
+        Client::http1(side).await.get("/").await.status.as_u16(),
+        200
+    );
+
+    // A request in flight on `side`, then `side` goes.
+    let held = tokio::spawn(async move { Client::http1(side).await.get("/held").await });
+    gate.arrived().await;
+    proxy.apply(&one).unwrap();
+    assert!(proxy.try_addr("side").is_none());
+    // It no longer accepts (the socket closes as its accept loop ends)...
+    guard("side to stop accepting", async {
+        while tokio::net::TcpStream::connect(side).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // ...main serves throughout, and the held request completes.
+    assert_eq!(
+        Client::http1(main).await.get("/").await.status.as_u16(),
+        200
+    );
+    gate.open();
+    let rsp = held.await.unwrap();
+    assert_eq!(
+        (rsp.status.as_u16(), rsp.text()),
+        (200, "released".to_owned())
+    );
+}
+
+/// A listener that cannot bind rejects the whole config, with the reason,
+/// and the running config keeps serving, cluster and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_rejects_the_whole_config() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let proxy = Proxy::start(&web(&[a.addr()], "", "")).await;
+
+    let bad = web(&[b.addr()], "", "").replace(
+        "  - { name: main, address: 127.0.0.1:0, routes: main }",
+        &format!("  - {{ name: main, address: 127.0.0.1:0, routes: main }}\n  - {{ name: taken, address: \"{port}\", routes: main }}"),
+    );
+    let why = proxy.apply(&bad).unwrap_err();
+    assert_eq!(
+        why,
+        format!("listener taken: cannot bind {port}: Address already in use (os error 98)")
+    );
+    let rsp = Client::http1(proxy.main()).await.get("/").await;
+    assert_eq!(
+        rsp.header("x-backend"),
+        Some("a"),
+        "the running config stays whole"
+    );
+    assert!(proxy.try_addr("taken").is_none());
+}
+
+/// Zero loss under change: HTTP/1.1, h2c and gRPC unary requests flow, and
+/// one gRPC bidirectional stream stays open, while the config changes 20
+/// times (routes added and removed, splits reweighted, endpoints added and
+/// removed, a listener added and removed, a cluster's policy changed). Not
+/// one request fails and the stream is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_loss_under_twenty_changes() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let g = Greeter::spawn("g").await;
+    let config = |i: usize| change(i, a.addr(), b.addr(), g.addr());
+    let proxy = Proxy::start(&config(0)).await;
+    let main = proxy.main();
+
+    // Clients that loop until told to stop, counting what they did and
+    // sending every failure to `failures`.
+    let (stop_tx, stop) = watch::channel(false);
+    let (fail_tx, mut failures) = mpsc::unbounded_channel::<String>();
+    let done = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let mut clients = Vec::new();
+    for (k, protocol) in ["http1", "h2c", "grpc"].into_iter().enumerate() {
+        let (stop, fail, done) = (stop.clone(), fail_tx.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let mut http = match protocol {
+                "http1" => Some(Client::http1(main).await),
+                "h2c" => Some(Client::h2c(main).await),
+                _ => None,
+            };
+            let mut grpc = greeter_client(main).await;
+            while !*stop.borrow() {
+                let result = match &mut http {
+                    Some(c) => {
+                        let rsp = c.request(Request::get("/").body(empty()).unwrap()).await;
+                        match rsp.status.as_u16() {
+                            200 => Ok(()),
+                            s => Err(format!("{protocol}: {s} {:?}", rsp.header("skiff-error"))),
+                        }
+                    }
+                    None => grpc
+                        .say_hello(hello("zero", 0))
+                        .await
+                        .map(drop)
+                        .map_err(|s| format!("grpc: {s}")),
+                };
+                if let Err(why) = result {
+                    let _ = fail.send(why);
+                }
+                done[k].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // The long stream: one Chat message and its reply per change.
+    let mut chat_client = greeter_client(main).await;
+    let (chat_tx, chat_rx) = mpsc::channel::<HelloRequest>(1);
+    let mut replies = chat_client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(chat_rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    for i in 1..=20 {
+        proxy
+            .apply(&config(i))
+            .unwrap_or_else(|e| panic!("change {i}: {e}"));
+        if i % 5 == 3 {
+            let side = proxy.try_addr("side").expect("change adds listener side");
+            assert_eq!(
+                Client::http1(side).await.get("/").await.status.as_u16(),
+                200
+            );
+        }
+        chat_tx
+            .send(hello(&format!("change {i}"), 0))
+            .await
+            .unwrap();
+        let reply = guard("a Chat reply", replies.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.message, format!("Hello, change {i}!"));
+        // Every client completes requests under this config before the next.
+        let before: Vec<usize> = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+        guard("each client to make progress", async {
+            while done
+                .iter()
+                .zip(&before)
+                .any(|(d, b)| d.load(Ordering::Relaxed) < b + 3)
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+    stop_tx.send_replace(true);
+    for c in clients {
+        c.await.unwrap();
+    }
+    drop(chat_tx);
+    assert!(
+        guard("the Chat stream to end", replies.message())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop(fail_tx);
+    let mut all = Vec::new();
+    while let Some(f) = failures.recv().await {
+        all.push(f);
+    }
+    let total: usize = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+    assert!(
+        all.is_empty(),
+        "{} of {total} requests failed: {all:?}",
+        all.len()
+    );
+    assert!(total >= 180, "{total} requests");
+}
+
+/// The `i`th config of the zero-loss test: each differs from the one
+/// before in one of the ways configs change in a mesh.
+fn change(i: usize, a: SocketAddr, b: SocketAddr, g: SocketAddr) -> String {
+    let (web, extra_route, side, policy) = match i % 5 {
+        // Endpoints: a alone, then a and b, then b alone.
+        0 => (format!("[{a}]"), false, false, ""),
+        1 => (format!("[{a}, {b}]"), true, false, ""),
+        2 => (
+            format!("[{{ address: \"{b}\", weight: 3 }}, {a}]"),
+            true,
+            false,
+            "    circuit_breaker: { max_requests: 500 }",
+        ),
+        3 => (
+            format!("[{b}]"),
+            false,
+            true,
+            "    circuit_breaker: { max_requests: 900 }\n    retry_budget: { ratio: 0.5 }",
+        ),
+        _ => (format!("[{a}, {b}]"), false, false, "    lb: least_request"),
+    };
+    let weights = if i.is_multiple_of(2) { (90, 10) } else { (10, 90) };
+    let side = if side {
+        "\n  - { name: side, address: 127.0.0.1:0, routes: main }"
+    } else {
+        ""
+    };
+    let extra = if extra_route {
+        "    - match: { path: { prefix: /extra } }\n      cluster: web\n"
+    } else {
+        ""
+    };
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}{side}
+routes:
+  main:
+    - match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
+      cluster: greeter
+{extra}    - split:
+        - {{ cluster: web, weight: {} }}
+        - {{ cluster: also, weight: {} }}
+      retry: {{ attempts: 2, on: [connect-failure, reset] }}
+clusters:
+  greeter:
+    protocol: http2
+    endpoints: [{g}]
+  web:
+    endpoints: {web}
+{policy}
+  also:
+    endpoints: [{a}]
+",
+        weights.0, weights.1
+    )
+}
