@@ -27,7 +27,7 @@ pub struct Config {
     #[serde(default)]
     pub runtime: Runtime,
     /// The sockets Skiff accepts traffic on; names and addresses are unique.
-    /// Fixed at start: a live reload that changes them is refused.
+    /// They change live: added ones bind, removed ones drain, changed ones keep their socket.
     #[serde(default)]
     pub listeners: Vec<Listener>,
     /// Route tables by name, each an ordered list of routes where the first match wins.

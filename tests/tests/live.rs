@@ -377,7 +377,11 @@ fn change(i: usize, a: SocketAddr, b: SocketAddr, g: SocketAddr) -> String {
         ),
         _ => (format!("[{a}, {b}]"), false, false, "    lb: least_request"),
     };
-    let weights = if i.is_multiple_of(2) { (90, 10) } else { (10, 90) };
+    let weights = if i.is_multiple_of(2) {
+        (90, 10)
+    } else {
+        (10, 90)
+    };
     let side = if side {
         "\n  - { name: side, address: 127.0.0.1:0, routes: main }"
     } else {

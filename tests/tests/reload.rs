@@ -89,6 +89,15 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     );
     let cfg = Client::http1(admin).await.get("/config").await.json();
     assert_eq!(cfg["version"], 2, "the last good config stays");
+    // The rejection is on /config, with its problems and their positions.
+    let rejection = &cfg["last_rejection"];
+    assert_eq!(rejection["source"], path.display().to_string(), "{cfg}");
+    let first = rejection["problems"][0].as_str().unwrap();
+    assert!(
+        first.starts_with(&format!("{}:1:", path.display())),
+        "{rejection}"
+    );
+    assert!(cfg["applied_at"].as_u64().unwrap() > 0, "{cfg}");
 
     // Fixed again: applied as the next version.
     write(&path, &Config::to(a.addr()).yaml());
