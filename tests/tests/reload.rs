@@ -128,3 +128,43 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     bound.drain();
     bound.wait_termination().await.unwrap();
 }
+
+/// A Kubernetes ConfigMap volume: the file is a symlink through `..data`,
+/// and an update swaps `..data` to a new directory in one rename. The
+/// proxy picks it up from the notification alone (no poll: an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_symlink_swap_is_applied() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let volume = |version: &str, text: &str| {
+        std::fs::create_dir(dir.path().join(version)).unwrap();
+        std::fs::write(dir.path().join(version).join("skiff.yaml"), text).unwrap();
+        std::os::unix::fs::symlink(version, dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    };
+    volume("..2026_12_02_1", &Config::to(a.addr()).yaml());
+    std::os::unix::fs::symlink("..data/skiff.yaml", dir.path().join("skiff.yaml")).unwrap();
+    let path = dir.path().join("skiff.yaml");
+    let snapshot = skiff_control::Snapshot {
+        version: 1,
+        source: path.display().to_string(),
+        config: skiff_control::load_file(&path).unwrap(),
+    };
+    let mut bound = skiff::build_from(snapshot).await.unwrap();
+    bound.watch_file(
+        path.clone(),
+        Duration::from_secs(3600),
+        skiff_control::Vars::process(),
+    );
+    let main = bound.listener_addr("main").unwrap();
+    assert_eq!(served_by(main).await, "a");
+
+    volume("..2026_12_02_2", &Config::to(b.addr()).yaml());
+    until("the swapped ConfigMap to serve", || async {
+        served_by(main).await == "b"
+    })
+    .await;
+    bound.drain();
+    bound.wait_termination().await.unwrap();
+}
