@@ -81,11 +81,43 @@ pub struct ConfigUpdateLabels {
     pub result: &'static str,
 }
 
+/// Upper bounds of the request-duration buckets, in seconds: from 0.5 ms
+/// (a proxy's own added latency) to 30 s (a slow upstream), about three
+/// per decade, so a p99 read from them is within a factor of two.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 fn duration_histogram() -> Histogram {
-    // 0.5ms .. ~33s: a proxy's added latency and slow upstreams both resolve.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.0005, 2.0, 17,
-    ))
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// A text exposition format for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4, the default.
+    Prometheus,
+    /// OpenMetrics 1.0.0, for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for: OpenMetrics when it
+    /// names `application/openmetrics-text`, else Prometheus text.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a page in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
 }
 
 /// The process's metric families.
@@ -190,11 +222,25 @@ impl Metrics {
         })
     }
 
-    /// Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4): what Prometheus,
+    /// `promtool check metrics` and most scrapers read. Counters are named
+    /// `NAME_total` in their `# HELP`/`# TYPE` lines too.
     pub fn encode(&self) -> String {
+        self.encode_as(Format::Prometheus)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 

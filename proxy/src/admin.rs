@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use skiff_filters::Body;
+use skiff_filters::telemetry::Format;
 use tokio::net::TcpListener;
 use tracing::debug;
 
@@ -32,7 +33,7 @@ pub const ENDPOINTS: [(&str, &str); 5] = [
     ),
     (
         "/metrics",
-        "Prometheus text exposition of every `skiff_*` metric (docs/reference/metrics.md).",
+        "Every `skiff_*` metric (docs/reference/metrics.md): Prometheus text (`text/plain; version=0.0.4`) by default, OpenMetrics (`application/openmetrics-text; version=1.0.0`) when `Accept` asks for it.",
     ),
     (
         "/config",
@@ -75,10 +76,15 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
         "/ready" if shared.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut rsp = Response::new(Body::full(shared.metrics.encode()));
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let mut rsp = Response::new(Body::full(shared.metrics.encode_as(format)));
             rsp.headers_mut().insert(
                 CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(format.content_type()),
             );
             rsp
         }

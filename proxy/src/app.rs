@@ -66,7 +66,25 @@ impl Shared {
     /// unchanged. What is fixed at start (the admin address, `identity`,
     /// `runtime`) cannot change this way, and a listener that cannot bind
     /// refuses the config: either is refused whole, and nothing changes.
-    pub fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), BuildError> {
+    ///
+    /// `source` names the kind of source for `skiff_config_updates_total`
+    /// (`file`, `in-process`): a few fixed values, never a path.
+    pub fn apply(
+        self: &Arc<Self>,
+        source: &'static str,
+        snapshot: Snapshot,
+    ) -> Result<(), BuildError> {
+        let result = self.try_apply(snapshot);
+        let outcome = if result.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        self.metrics.config_update(source, outcome);
+        result
+    }
+
+    fn try_apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), BuildError> {
         let current = self.runtime.load();
         let (old, new) = (&current.snapshot.config, &snapshot.config);
         let fixed = [
@@ -179,8 +197,9 @@ impl Bound {
     }
 
     /// Applies a new config while traffic flows (see `Shared::apply`).
+    /// Counted as `skiff_config_updates_total{source="in-process"}`.
     pub fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
-        self.shared.apply(snapshot)
+        self.shared.apply("in-process", snapshot)
     }
 
     /// Applies every valid change of the config file at `path` (what `skiff
@@ -202,7 +221,7 @@ impl Bound {
                 let outcome = match update {
                     Update::Valid(snapshot) => {
                         let source = snapshot.source.clone();
-                        match shared.apply(*snapshot) {
+                        match shared.apply("file", *snapshot) {
                             Ok(()) => Outcome::Applied,
                             Err(e) => {
                                 let why = skiff_filters::error::render_chain(&e);
@@ -213,6 +232,8 @@ impl Bound {
                         }
                     }
                     Update::Invalid(errors) => {
+                        // Never reached `apply`, which counts the others.
+                        shared.metrics.config_update("file", "rejected");
                         for e in &errors.0 {
                             warn!(problem = %e, "config change refused; keeping the last good config");
                         }
@@ -223,11 +244,6 @@ impl Bound {
                         Outcome::Rejected(problems)
                     }
                 };
-                let result = match outcome {
-                    Outcome::Applied => "applied",
-                    Outcome::Rejected(_) => "rejected",
-                };
-                shared.metrics.config_update("file", result);
                 reply.send(outcome);
             }
             poller.abort();

@@ -542,7 +542,10 @@ const LABELS: [(&str, &str); 12] = [
         "result",
         "`tls_handshakes`: `ok` or why it failed (`no_client_cert`, `bad_cert`, `plaintext`, `error`, ...); `config_updates`: `applied` or `rejected`",
     ),
-    ("source", "where a config came from: `file`"),
+    (
+        "source",
+        "what kind of source offered a config: `file` (`skiff run -c`), `in-process` (the library API)",
+    ),
     (
         "reason",
         "why a request or connection was refused before routing: `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`, `bad-host`, `header-timeout`",
@@ -593,13 +596,15 @@ fn metrics() -> String {
         }
     }
     let mut out = format!(
-        "# Metrics\n\n{HOW}\nEvery metric on the admin server's `/metrics`. Counters are \
-         exposed with the `_total` suffix (`skiff_requests_total`), histograms as `_bucket`, \
-         `_sum` and `_count`.\n\n| metric | type | labels | meaning |\n|---|---|---|---|\n"
+        "# Metrics\n\n{HOW}\nEvery metric on the admin server's `/metrics`, in the \
+         Prometheus text format by default (`promtool check metrics` accepts it) and in \
+         OpenMetrics when the scraper's `Accept` asks for it. Histograms are exposed as \
+         `_bucket`, `_sum` and `_count`; `skiff_request_duration_seconds` has buckets from \
+         0.5 ms to 30 s.\n\n| metric | type | labels | meaning |\n|---|---|---|---|\n"
     );
     for (name, kind, help, labels) in &families {
         let shown = match kind.as_str() {
-            "counter" => format!("{name}_total"),
+            "counter" if !name.ends_with("_total") => format!("{name}_total"),
             _ => name.clone(),
         };
         let labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
