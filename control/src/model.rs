@@ -45,8 +45,8 @@ pub struct Config {
     /// When rules exist and none matches: 403 `forbidden`. Only inbound listeners are checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationRule>,
-    /// Access logs and tracing. Not supported yet: a config that sets it is refused.
-    /// Absent: no access log and no tracing.
+    /// Access logs and tracing (`tracing` is not supported yet: a config
+    /// that sets it is refused). Absent: no access log and no tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<Telemetry>,
     /// The streaming control feed. Not supported yet: a config that sets it is refused.
@@ -678,7 +678,7 @@ pub struct AllowRule {
     pub methods: Vec<String>,
 }
 
-/// Access logs and tracing (`telemetry`, not supported yet).
+/// Access logs and tracing.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
@@ -690,16 +690,25 @@ pub struct Telemetry {
     pub tracing: Option<Tracing>,
 }
 
-/// The access log (part of `telemetry`, not supported yet).
+/// The access log: one JSON object per request, written off the request's
+/// path (docs/filters.md, "Access log").
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
-    /// The format of each access log line.
+    /// The format of each line: `json`, the only one. Absent: `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// The file access log lines are written to.
+    /// The file lines are appended to, reopened when moved away or on
+    /// SIGHUP; `/dev/stdout` or `-` for stdout. Absent: stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+impl AccessLog {
+    /// Where lines go.
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/dev/stdout")
+    }
 }
 
 /// Tracing (part of `telemetry`, not supported yet).

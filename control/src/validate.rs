@@ -97,8 +97,24 @@ impl Checker {
     }
 
     fn refused_top_level(&mut self, config: &Config) {
-        if config.telemetry.is_some() {
-            self.not_supported("telemetry");
+        if let Some(t) = &config.telemetry {
+            if t.tracing.is_some() {
+                self.not_supported("telemetry.tracing");
+            }
+            if let Some(log) = &t.access_log {
+                if let Some(format) = log.format.as_deref().filter(|f| *f != "json") {
+                    self.at_value(
+                        "telemetry.access_log.format",
+                        format!("{format:?}: the access log is written as `json` only"),
+                    );
+                }
+                if log.path.as_deref() == Some("") {
+                    self.at_value(
+                        "telemetry.access_log.path",
+                        "an empty path: give a file, or `/dev/stdout`",
+                    );
+                }
+            }
         }
         if config.control.is_some() {
             self.not_supported("control");

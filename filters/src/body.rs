@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -97,7 +98,13 @@ impl Body {
                 d.rec = Some(rec);
                 Body::Deadline(d)
             }
-            other => other,
+            // A body Skiff made: its size is known now.
+            other => {
+                if let Some(n) = other.size_hint().exact() {
+                    rec.observe_data(n as usize);
+                }
+                other
+            }
         }
     }
 }
@@ -127,10 +134,12 @@ impl http_body::Body for Body {
             }),
             Body::Recorded(b, rec) => {
                 let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(trailers) = frame.trailers_ref()
-                {
-                    rec.observe_trailers(trailers);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        rec.observe_trailers(trailers);
+                    } else if let Some(data) = frame.data_ref() {
+                        rec.observe_data(data.len());
+                    }
                 }
                 polled.map_err(Into::into)
             }
@@ -217,6 +226,8 @@ impl http_body::Body for Body {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// Bytes read so far, for the access log (only when one is on).
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -226,17 +237,32 @@ impl RequestBody {
     pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
     pub fn new(body: Incoming) -> Self {
-        Self { inner: Some(body) }
+        Self {
+            inner: Some(body),
+            counted: None,
+        }
+    }
+
+    /// Counts the bytes read into `counter`.
+    pub fn counted(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.counted = Some(counter);
+        self
     }
 
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+            None => return Poll::Ready(None),
+        };
+        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&self.counted, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
+        polled
     }
 }
 
@@ -317,8 +343,12 @@ impl DeadlineBody {
         if let Poll::Ready(polled) = Pin::new(inner).poll_frame(cx) {
             match &polled {
                 Some(Ok(frame)) => {
-                    if let (Some(rec), Some(t)) = (self.rec.as_mut(), frame.trailers_ref()) {
-                        rec.observe_trailers(t);
+                    if let Some(rec) = self.rec.as_mut() {
+                        if let Some(t) = frame.trailers_ref() {
+                            rec.observe_trailers(t);
+                        } else if let Some(data) = frame.data_ref() {
+                            rec.observe_data(data.len());
+                        }
                     }
                 }
                 None | Some(Err(_)) => self.inner = None,

@@ -2,6 +2,7 @@
 //! with its config beside it; `stack` is the one place that orders them.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod authz;
 pub mod balance;
 pub mod body;

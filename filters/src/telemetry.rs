@@ -5,6 +5,7 @@
 //! the trailers where gRPC puts it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::HeaderMap;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::access_log::AccessLog;
 use crate::classify;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -72,6 +74,12 @@ pub struct RefusalLabels {
     /// `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`,
     /// `bad-host`, `header-timeout`.
     pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AccessLogLabels {
+    /// The access log's `path` (from the config: bounded).
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -134,6 +142,7 @@ pub struct Metrics {
     tls_handshakes: Family<HandshakeLabels, Counter>,
     config_updates: Family<ConfigUpdateLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    access_log_dropped: Family<AccessLogLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -206,7 +215,14 @@ impl Metrics {
             "Requests and connections refused before routing, by why",
             refusals.clone(),
         );
+        let access_log_dropped = Family::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         Arc::new(Self {
+            access_log_dropped,
             registry,
             requests,
             durations,
@@ -297,6 +313,14 @@ impl Metrics {
     }
 
     /// Counts a request or connection refused before it reached a route.
+    /// The counter of lines the access log at `path` dropped.
+    pub fn access_log_dropped(&self, path: &str) -> Counter {
+        self.access_log_dropped
+            .get_or_create_owned(&AccessLogLabels {
+                path: path.to_owned(),
+            })
+    }
+
     pub fn refused(&self, listener: &Arc<str>, reason: &'static str) {
         self.refusals
             .get_or_create(&RefusalLabels {
@@ -358,6 +382,108 @@ pub struct Recorder {
     /// The mTLS peer's SPIFFE ID, when the listener terminated mTLS.
     pub peer_identity: Arc<str>,
     start: Instant,
+    /// What only the access log needs; `None` (no allocation) without one.
+    pub access: Option<Box<AccessFields>>,
+}
+
+/// A request's access-log fields beyond the metrics' labels.
+#[derive(Debug)]
+pub struct AccessFields {
+    pub sink: Arc<AccessLog>,
+    pub time: std::time::SystemTime,
+    pub method: http::Method,
+    /// The authority the request named (`Host` or `:authority`).
+    pub authority: String,
+    /// The path, without the query (which may hold secrets).
+    pub path: String,
+    pub protocol: &'static str,
+    pub request_id: String,
+    /// From `traceparent`, when the request carried one.
+    pub trace_id: Option<String>,
+    /// Request body bytes read, counted by the request body.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// The attempts the upstream made.
+    pub attempts: Arc<Attempts>,
+    /// `skiff-error` of an answer Skiff made.
+    pub skiff_error: Option<http::HeaderValue>,
+}
+
+/// Request extension: the upstream attempts of one request, noted where
+/// each attempt is sent (retries share it: extensions are cloned with the
+/// request). Only present when an access log is on.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    count: AtomicU64,
+    last: std::sync::Mutex<Option<Arc<crate::balance::EndpointStats>>>,
+}
+
+impl Attempts {
+    /// Notes an attempt to `endpoint`.
+    pub fn record(&self, endpoint: &Arc<crate::balance::EndpointStats>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The address of the endpoint last tried.
+    pub fn last(&self) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|e| e.address.clone())
+    }
+}
+
+/// One access-log line, as serialized.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: String,
+    direction: &'a str,
+    listener: &'a str,
+    route: &'a str,
+    cluster: &'a str,
+    upstream: Option<String>,
+    attempts: u64,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    protocol: &'a str,
+    status: u16,
+    grpc_status: Option<u32>,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    request_id: &'a str,
+    trace_id: Option<&'a str>,
+    peer_identity: &'a str,
+    skiff_error: Option<&'a str>,
+}
+
+/// RFC 3339 UTC with milliseconds, without a date crate.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
 
 impl Recorder {
@@ -377,6 +503,14 @@ impl Recorder {
             grpc_status: None,
             peer_identity: empty(),
             start,
+            access: None,
+        }
+    }
+
+    /// Notes response body bytes sent (only counted for the access log).
+    pub fn observe_data(&mut self, bytes: usize) {
+        if let Some(a) = &mut self.access {
+            a.bytes_out += bytes as u64;
         }
     }
 
@@ -385,6 +519,9 @@ impl Recorder {
         self.code = status;
         if let Some(s) = classify::grpc_status(headers) {
             self.grpc_status = Some(s);
+        }
+        if let Some(a) = &mut self.access {
+            a.skiff_error = headers.get("skiff-error").cloned();
         }
     }
 
@@ -398,6 +535,33 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.metrics.record(self);
+        if let Some(a) = self.access.take() {
+            let line = Line {
+                time: rfc3339(a.time),
+                direction: self.direction,
+                listener: &self.listener,
+                route: &self.route,
+                cluster: &self.cluster,
+                upstream: a.attempts.last(),
+                attempts: a.attempts.count(),
+                method: a.method.as_str(),
+                authority: &a.authority,
+                path: &a.path,
+                protocol: a.protocol,
+                status: self.code,
+                grpc_status: self.grpc_status,
+                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                bytes_in: a.bytes_in.load(Ordering::Relaxed),
+                bytes_out: a.bytes_out,
+                request_id: &a.request_id,
+                trace_id: a.trace_id.as_deref(),
+                peer_identity: &self.peer_identity,
+                skiff_error: a.skiff_error.as_ref().and_then(|v| v.to_str().ok()),
+            };
+            if let Ok(text) = serde_json::to_string(&line) {
+                a.sink.send(text);
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use skiff_control::model::TlsMode;
 use skiff_control::source::{Delivery, Outcome, Update};
 use skiff_control::{Config, Snapshot};
+use skiff_filters::access_log::{AccessLog, AccessLogs};
 use skiff_filters::telemetry::Metrics;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -46,6 +47,8 @@ pub struct Shared {
     drain_timeout: Duration,
     /// The last config a source offered that was not applied, for `/config`.
     pub last_rejection: Mutex<Option<Rejection>>,
+    /// Access-log writers by path: they outlive runtimes.
+    pub access_logs: AccessLogs,
 }
 
 /// A config that was not applied, and why.
@@ -101,8 +104,14 @@ impl Shared {
         let clusters = self
             .clusters
             .plan(&snapshot.config, &self.metrics, self.identity.as_ref());
-        let mut next =
-            Runtime::compile(Arc::new(snapshot), &self.metrics, &clusters, Some(&current))?;
+        let access_log = access_log(&self.access_logs, &snapshot.config, &self.metrics)?;
+        let mut next = Runtime::compile(
+            Arc::new(snapshot),
+            &self.metrics,
+            &clusters,
+            Some(&current),
+            access_log,
+        )?;
         let listeners = self.listeners.plan(
             &next.snapshot.config.listeners,
             self,
@@ -295,6 +304,29 @@ impl Bound {
     }
 }
 
+/// The access log `config` asks for: the running writer for its path, or
+/// a new one.
+fn access_log(
+    logs: &AccessLogs,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<AccessLog>>, CompileError> {
+    let Some(cfg) = config
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.access_log.as_ref())
+    else {
+        return Ok(None);
+    };
+    let path = cfg.path();
+    logs.get(path, metrics.access_log_dropped(path))
+        .map(Some)
+        .map_err(|source| CompileError::AccessLog {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Builds from a config with no file behind it (tests, the demo).
 pub async fn build(config: Config) -> Result<Bound, BuildError> {
     build_from(Snapshot {
@@ -321,7 +353,9 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let metrics = Metrics::new();
     let clusters = Clusters::default();
     let plan = clusters.plan(config, &metrics, identity.as_ref());
-    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None)?;
+    let access_logs = AccessLogs::default();
+    let log = access_log(&access_logs, config, &metrics)?;
+    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None, log)?;
     clusters.commit(plan);
     let signal = Signal::new();
     let shared = Arc::new(Shared {
@@ -335,6 +369,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         base: Mutex::new(Some(signal.watch())),
         drain_timeout,
         last_rejection: Mutex::new(None),
+        access_logs,
     });
     let listeners = shared
         .listeners

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use http::Request;
 use skiff_control::Snapshot;
 use skiff_control::model;
+use skiff_filters::access_log::AccessLog;
 use skiff_filters::authz::Policy;
 use skiff_filters::rate_limit::RateLimiter;
 use skiff_filters::route::{MatchError, Matcher, Split};
@@ -38,6 +39,8 @@ pub struct Runtime {
     /// Each route's token bucket with the config it was built from, by
     /// route label: the next runtime keeps a bucket whose config it shares.
     rate_limits: HashMap<Arc<str>, (model::RateLimit, Arc<RateLimiter>)>,
+    /// `telemetry.access_log`: where each request's line goes.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// One route of a table, ready to serve.
@@ -81,6 +84,11 @@ pub enum CompileError {
         "`{key}` changed: it is bound at start, so this config needs a restart (nothing of it was applied)"
     )]
     NeedsRestart { key: &'static str },
+    #[error("telemetry.access_log.path: cannot open {path}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Runtime {
@@ -93,6 +101,7 @@ impl Runtime {
         metrics: &Arc<Metrics>,
         plan: &Plan,
         previous: Option<&Runtime>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Result<Self, CompileError> {
         let config = &snapshot.config;
         let authorization = Arc::new(Policy::from_config(&config.authorization));
@@ -142,6 +151,7 @@ impl Runtime {
             listeners,
             clusters,
             rate_limits,
+            access_log,
         })
     }
 

@@ -2,6 +2,7 @@
 //! through `Handler::handle`: route, the route's filter stack, the upstream.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
@@ -11,9 +12,11 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use skiff_control::model::Direction;
+use skiff_filters::access_log::AccessLog;
 use skiff_filters::authz::PeerIdentity;
+use skiff_filters::body::RequestBody;
 use skiff_filters::error::{self, Reason};
-use skiff_filters::telemetry::Recorder;
+use skiff_filters::telemetry::{AccessFields, Attempts, Recorder};
 use skiff_filters::{Body, classify, headers};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
@@ -66,6 +69,13 @@ impl Handler {
         // Kept for the answer and log line of a failure: copied onto the
         // stack, since cloning a header value Skiff generated would allocate.
         let request_id = RequestId::of(req.headers());
+        // The access log's fields, only when the running config has one.
+        let bytes_in = self.shared.runtime.load().access_log.clone().map(|sink| {
+            let (fields, bytes_in, attempts) = access_fields(sink, &req);
+            rec.access = Some(fields);
+            req.extensions_mut().insert(attempts);
+            bytes_in
+        });
         if let Err(refusal) = admitted {
             self.shared
                 .metrics
@@ -117,7 +127,14 @@ impl Handler {
             }
         };
 
-        let mut rsp = match service.oneshot(req.map(|b| Body::Request(b.into()))).await {
+        let req = req.map(|b| {
+            let body = RequestBody::from(b);
+            Body::Request(match bytes_in {
+                Some(counter) => body.counted(counter),
+                None => body,
+            })
+        });
+        let mut rsp = match service.oneshot(req).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 // The whole story (endpoint addresses, causes) goes to the
@@ -178,6 +195,48 @@ impl Handler {
             "proxy answered"
         );
     }
+}
+
+/// A request's access-log fields, the counter its body adds its bytes to,
+/// and the attempts record the upstream fills in.
+fn access_fields<B>(
+    sink: Arc<AccessLog>,
+    req: &Request<B>,
+) -> (Box<AccessFields>, Arc<AtomicU64>, Arc<Attempts>) {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| text("host"))
+        .unwrap_or_default();
+    // `traceparent: 00-TRACEID-SPANID-FLAGS` (W3C Trace Context).
+    let trace_id = text("traceparent")
+        .and_then(|t| t.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let attempts = Arc::new(Attempts::default());
+    let fields = Box::new(AccessFields {
+        sink,
+        time: std::time::SystemTime::now(),
+        method: req.method().clone(),
+        authority: authority.to_owned(),
+        path: req.uri().path().to_owned(),
+        protocol: match req.version() {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        request_id: text("x-request-id").unwrap_or_default().to_owned(),
+        trace_id,
+        bytes_in: bytes_in.clone(),
+        bytes_out: 0,
+        attempts: attempts.clone(),
+        skiff_error: None,
+    });
+    (fields, bytes_in, attempts)
 }
 
 /// The header that marks an answer Skiff made.

@@ -26,6 +26,7 @@ use skiff_filters::balance::{Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier;
+use skiff_filters::telemetry::Attempts;
 use skiff_filters::{Body, classify, headers};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -63,6 +64,9 @@ impl Cluster {
         let ep = &state.set.endpoints[i];
         if let Some(slot) = req.extensions().get::<Picked>() {
             slot.set(ep.id());
+        }
+        if let Some(attempts) = req.extensions().get::<Arc<Attempts>>() {
+            attempts.record(&ep.stats);
         }
         let _in_flight = ep.stats.start();
         // If a timeout above drops this attempt, the guard reports it as a

@@ -70,7 +70,7 @@ fn every_key_yaml_is_a_config() {
             "clusters.canary.discovery: not supported yet",
             "clusters.canary.dns: not supported yet",
             "clusters.db.discovery: not supported yet",
-            "telemetry: not supported yet",
+            "telemetry.tracing: not supported yet",
             "control: not supported yet",
         ]
     );
@@ -515,7 +515,7 @@ fn admin() -> String {
 
 /// What each label means, for every label any family has. A new label
 /// without a line here fails the test.
-const LABELS: [(&str, &str); 12] = [
+const LABELS: [(&str, &str); 13] = [
     (
         "direction",
         "`inbound` or `outbound`: the listener's `direction`",
@@ -550,6 +550,7 @@ const LABELS: [(&str, &str); 12] = [
         "reason",
         "why a request or connection was refused before routing: `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`, `bad-host`, `header-timeout`",
     ),
+    ("path", "the access log's `path`, from the config"),
     ("le", "histogram bucket: upper bound in seconds"),
     ("quantile", "summary quantile"),
 ];
@@ -572,6 +573,7 @@ fn metrics() -> String {
     m.tls_handshake(&name, "ok");
     m.config_update("file", "applied");
     m.refused(&name, "malformed");
+    m.access_log_dropped("/dev/stdout").inc();
     let text = m.encode();
 
     // name -> (type, help, labels), in exposition order.

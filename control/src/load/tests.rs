@@ -964,8 +964,18 @@ fn cases() -> Vec<Case> {
         // --- refused top-level keys ---
         (
             "telemetry",
-            small_plus("telemetry: { access_log: { format: json } }\n"),
-            vec![(11, 1, "telemetry: not supported yet")],
+            small_plus(
+                "telemetry: { access_log: { format: text, path: \"\" }, tracing: { otlp_endpoint: x } }\n",
+            ),
+            vec![
+                (
+                    11,
+                    36,
+                    "telemetry.access_log.format: \"text\": the access log is written as `json` only",
+                ),
+                (11, 48, "telemetry.access_log.path: an empty path"),
+                (11, 54, "telemetry.tracing: not supported yet"),
+            ],
         ),
         (
             "control",

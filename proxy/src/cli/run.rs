@@ -27,6 +27,7 @@ pub(super) fn run(path: &Path) -> ExitCode {
             // Handlers first: a SIGTERM that arrives as soon as we look
             // ready must drain, not kill the process.
             let shutdown = super::shutdown_signal()?;
+            reopen_logs_on_sighup()?;
             info!(
                 source = %snapshot.source,
                 config = %redacted(&snapshot.config),
@@ -76,4 +77,24 @@ fn redacted(config: &skiff_control::Config) -> String {
         }
     }
     v.to_string()
+}
+
+/// SIGHUP reopens the access log's file: what logrotate's `postrotate`
+/// sends after moving it away.
+#[cfg(unix)]
+fn reopen_logs_on_sighup() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reopening the access log");
+            skiff_filters::access_log::request_reopen();
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reopen_logs_on_sighup() -> anyhow::Result<()> {
+    Ok(())
 }

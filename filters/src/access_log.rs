@@ -1,0 +1,248 @@
+//! The access log (`telemetry.access_log`): one JSON object per request,
+//! written by a thread of its own.
+//!
+//! A request never waits for the log: its line goes into a bounded queue
+//! with `try_send`, and when the queue is full (a slow disk, a stalled pipe)
+//! the line is dropped and counted in `skiff_access_log_dropped_total`. The
+//! writer thread blocks on the file, not the runtime's workers.
+//!
+//! Rotation: move the file away and Skiff reopens its path within a second,
+//! or at once on SIGHUP (`request_reopen`); logrotate's `create` and
+//! `postrotate kill -HUP` both work. `/dev/stdout` and `-` write to stdout
+//! and are never reopened.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+
+/// Lines waiting for the writer at most; more are dropped and counted.
+pub const QUEUE: usize = 8192;
+
+/// Counts SIGHUPs: each writer reopens its file when it has not seen the
+/// latest one.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every access log to reopen its file (what SIGHUP does).
+pub fn request_reopen() {
+    REOPEN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One access log destination and its writer thread.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub path: String,
+    tx: SyncSender<String>,
+    dropped: Counter,
+    /// Lines written, for tests and `/stats`.
+    written: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `path` for appending (`/dev/stdout` or `-`: stdout) and starts
+    /// its writer. The thread ends when the last `Arc` to this is dropped.
+    pub fn open(path: &str, dropped: Counter) -> std::io::Result<Arc<Self>> {
+        let sink = Sink::open(path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        std::thread::Builder::new()
+            .name("skiff-access-log".to_owned())
+            .spawn(move || write_lines(sink, rx, &counter))?;
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            tx,
+            dropped,
+            written,
+        }))
+    }
+
+    /// Queues one line (without its newline); never blocks.
+    pub fn send(&self, line: String) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
+            self.dropped.inc();
+        }
+    }
+
+    /// Lines the writer has written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// Where lines go.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File {
+        path: PathBuf,
+        file: std::io::BufWriter<std::fs::File>,
+        /// The inode opened, to notice the path now names another file.
+        inode: u64,
+    },
+}
+
+impl Sink {
+    fn open(path: &str) -> std::io::Result<Self> {
+        if path == "-" || path == "/dev/stdout" {
+            return Ok(Sink::Stdout(std::io::stdout()));
+        }
+        let path = PathBuf::from(path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let inode = inode(&file.metadata()?);
+        Ok(Sink::File {
+            path,
+            file: std::io::BufWriter::with_capacity(64 * 1024, file),
+            inode,
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(s) => s,
+            Sink::File { file, .. } => file,
+        }
+    }
+
+    /// Reopens the path when asked to, or when it no longer names the file
+    /// open (moved away by a rotation). Keeps the old file if the new open fails.
+    fn maybe_reopen(&mut self, asked: bool) {
+        let Sink::File { path, file, inode } = self else {
+            return;
+        };
+        let moved = std::fs::metadata(&*path).map_or(true, |m| self::inode(&m) != *inode);
+        if !asked && !moved {
+            return;
+        }
+        let _ = file.flush();
+        if let Ok(fresh) = Sink::open(&path.display().to_string()) {
+            *self = fresh;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn inode(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
+}
+
+/// The writer thread: writes lines as they come, flushes when the queue
+/// is empty, and checks for rotation once a second.
+fn write_lines(mut sink: Sink, rx: Receiver<String>, written: &AtomicU64) {
+    let mut last_check = std::time::Instant::now();
+    let mut seen = REOPEN.load(Ordering::Relaxed);
+    loop {
+        let line = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = sink.writer().flush();
+                return;
+            }
+        };
+        if let Some(line) = line {
+            let w = sink.writer();
+            // A full disk drops lines; nothing to do about it here.
+            let _ = w
+                .write_all(line.as_bytes())
+                .and_then(|()| w.write_all(b"\n"));
+            written.fetch_add(1, Ordering::Relaxed);
+            // Drain what is queued before flushing, so a burst is one write.
+            for more in rx.try_iter().take(QUEUE) {
+                let _ = w
+                    .write_all(more.as_bytes())
+                    .and_then(|()| w.write_all(b"\n"));
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = w.flush();
+        }
+        let now = REOPEN.load(Ordering::Relaxed);
+        let asked = now != seen;
+        seen = now;
+        if asked || last_check.elapsed() >= Duration::from_secs(1) {
+            sink.maybe_reopen(asked);
+            last_check = std::time::Instant::now();
+        }
+    }
+}
+
+/// The access logs that run, by path: a config swap that keeps the path
+/// keeps the writer (and its file handle).
+#[derive(Debug, Default)]
+pub struct AccessLogs {
+    open: Mutex<Vec<std::sync::Weak<AccessLog>>>,
+}
+
+impl AccessLogs {
+    /// The running log for `path`, or a new one.
+    pub fn get(&self, path: &str, dropped: Counter) -> std::io::Result<Arc<AccessLog>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        if let Some(log) = open
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|l| l.path == path)
+        {
+            return Ok(log);
+        }
+        let log = AccessLog::open(path, dropped)?;
+        open.push(Arc::downgrade(&log));
+        Ok(log)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A sink nobody reads (a FIFO whose reader never reads: its pipe
+    /// buffer fills, and the writer thread blocks): sending never waits,
+    /// and the lines that cannot be queued are counted.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_stuck_sink_drops_and_counts_instead_of_blocking() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stuck");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // The read end, opened without blocking and never read.
+        const O_NONBLOCK: i32 = 0o4000;
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let dropped = Counter::default();
+        let log = AccessLog::open(&fifo.display().to_string(), dropped.clone()).unwrap();
+        let line = "x".repeat(200);
+        let sent = QUEUE * 4;
+        for _ in 0..sent {
+            log.send(line.clone());
+        }
+        // The pipe holds 64 KiB and the writer's buffer as much (~650
+        // lines of 201 bytes), the queue QUEUE lines: the rest were
+        // dropped, each counted, none waited for.
+        assert!(
+            dropped.get() as usize >= sent - QUEUE - 1000,
+            "{}",
+            dropped.get()
+        );
+        assert!(log.written() < 1000, "{}", log.written());
+    }
+}
