@@ -158,3 +158,30 @@ fn indent(text: &str, by: usize) -> String {
         .map(|l| format!("{pad}{}\n", l[common..].trim_end()))
         .collect()
 }
+
+/// Listener `main` → table `main`: route `grpc` (the demo greeter's
+/// methods) to cluster `greeter` over HTTP/2, route `web` (`/web...`) to
+/// cluster `web`; `top` is added at the top level (e.g. `telemetry: ...`).
+pub fn grpc_and_web(web: SocketAddr, greeter: SocketAddr, top: &str) -> String {
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+{top}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}
+routes:
+  main:
+    - name: grpc
+      match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
+      cluster: greeter
+    - name: web
+      match: {{ path: {{ prefix: /web }} }}
+      cluster: web
+clusters:
+  web:
+    endpoints: [{web}]
+  greeter:
+    protocol: http2
+    endpoints: [{greeter}]
+"
+    )
+}

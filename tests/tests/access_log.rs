@@ -9,6 +9,7 @@ use std::path::Path;
 use http::Request;
 use integration_tests::body::full;
 use integration_tests::client::say_hello;
+use integration_tests::config::grpc_and_web;
 use integration_tests::{Backend, Client, Greeter, Proxy, guard};
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -37,31 +38,11 @@ async fn one_line_per_request_with_every_field() {
     let path = dir.path().join("access.log");
     let web = Backend::named("web").spawn().await;
     let greeter = Greeter::spawn("g").await;
-    let proxy = Proxy::start(&format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-telemetry: {{ access_log: {{ path: \"{}\" }} }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - name: grpc
-      match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
-      cluster: greeter
-    - name: web
-      match: {{ path: {{ prefix: /web }} }}
-      cluster: web
-clusters:
-  web:
-    endpoints: [{}]
-  greeter:
-    protocol: http2
-    endpoints: [{}]
-",
-        path.display(),
-        web.addr(),
-        greeter.addr()
-    ))
-    .await;
+    let telemetry = format!(
+        "telemetry: {{ access_log: {{ path: \"{}\" }} }}",
+        path.display()
+    );
+    let proxy = Proxy::start(&grpc_and_web(web.addr(), greeter.addr(), &telemetry)).await;
     let main = proxy.main();
     let post = Request::post("/web/up?secret=1")
         .header("x-request-id", "req-1")

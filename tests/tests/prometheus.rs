@@ -7,36 +7,14 @@
 use http::Request;
 use integration_tests::body::empty;
 use integration_tests::client::say_hello;
+use integration_tests::config::grpc_and_web;
 use integration_tests::{Backend, Client, Greeter, Proxy, guard};
 
 /// A proxy with an HTTP route, a gRPC route, and a route to nothing.
 async fn with_traffic() -> (Proxy, impl Drop, impl Send) {
     let web = Backend::named("web").spawn().await;
     let greeter = Greeter::spawn("g").await;
-    let proxy = Proxy::start(&format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}
-routes:
-  main:
-    - name: grpc
-      match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
-      cluster: greeter
-    - name: web
-      match: {{ path: {{ prefix: /web }} }}
-      cluster: web
-      retry: {{ attempts: 1, on: [5xx] }}
-clusters:
-  web:
-    endpoints: [{}]
-  greeter:
-    protocol: http2
-    endpoints: [{}]
-",
-        web.addr(),
-        greeter.addr()
-    ))
-    .await;
+    let proxy = Proxy::start(&grpc_and_web(web.addr(), greeter.addr(), "")).await;
     let main = proxy.main();
     Client::http1(main).await.get("/web/a").await;
     Client::h2c(main).await.get("/web/b").await;
