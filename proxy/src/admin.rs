@@ -22,7 +22,7 @@ use crate::app::Shared;
 
 /// Every path the admin server answers, with what it is for: the 404 lists
 /// them, and `docs/reference/admin.md` is generated from them.
-pub const ENDPOINTS: [(&str, &str); 5] = [
+pub const ENDPOINTS: [(&str, &str); 6] = [
     (
         "/ready",
         "200 `ready` once every listener is bound and the first config is applied; 503 `not ready` while draining. For readiness probes and scripts.",
@@ -38,6 +38,10 @@ pub const ENDPOINTS: [(&str, &str); 5] = [
     (
         "/config",
         "The running config as JSON: `version`, `source`, `applied_at` (Unix seconds), `config` (defaults filled in), and `last_rejection`: the last config a source offered that was not applied (`source`, `at`, `problems`), or null. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
+    ),
+    (
+        "/logging",
+        "`POST /logging?level=FILTER` sets the log filter while Skiff runs (`debug`, `skiff=debug,hyper=info`; as `--log-level` takes). Loopback callers only (403 otherwise); 503 when the process's logging is not Skiff's own (an embedder's).",
     ),
     (
         "/clusters",
@@ -68,6 +72,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/logging" {
+        return logging(peer, req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -151,6 +158,85 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
             rsp
         }
     }
+}
+
+/// `POST /logging?level=FILTER`: sets the log filter (`debug`,
+/// `skiff=debug,hyper=info`, ...) until the next change or restart.
+/// Loopback callers only: debug logs may carry more than operators meant
+/// to publish.
+fn logging(peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /logging?level=FILTER\n",
+        );
+    }
+    if !peer.ip().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "/logging answers loopback callers only\n",
+        );
+    }
+    let level = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("level="))
+            .map(percent_decode)
+    });
+    let Some(level) = level.filter(|l| !l.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "POST /logging?level=FILTER\n");
+    };
+    match crate::logging::set_level(&level) {
+        Ok(()) => {
+            tracing::info!(%level, "log level changed");
+            owned_text(StatusCode::OK, format!("log level: {level}\n"))
+        }
+        Err(e @ crate::logging::LevelError::NotInstalled) => {
+            owned_text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+        }
+        Err(e) => owned_text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid level {level:?}: {e}\n"),
+        ),
+    }
+}
+
+/// `%2C` → `,` and friends, for a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error_log;
 pub mod health;
 pub mod listener;
+pub mod logging;
 pub mod protocol;
 pub mod runtime;
 pub mod server;

@@ -490,3 +490,52 @@ fn terminate(child: &mut std::process::Child) -> Option<i32> {
     assert!(sent.success());
     child.wait().unwrap().code()
 }
+
+/// `POST /logging?level=debug` turns debug lines on while Skiff runs: a
+/// request's debug line appears after it, not before.
+#[test]
+fn the_log_level_changes_at_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let (mut child, mut stderr) = run_json(&path);
+    let startup = until_ready(&mut stderr);
+    let field = |message: &str, key: &str| {
+        startup
+            .iter()
+            .find(|v| v["fields"]["message"] == message)
+            .and_then(|v| v["fields"][key].as_str().map(str::to_owned))
+            .unwrap()
+    };
+    let (admin, listener) = (
+        field("admin listening", "admin"),
+        field("listening", "addr"),
+    );
+    let post = |query: &str| {
+        let mut s = TcpStream::connect(&admin).unwrap();
+        write!(
+            s,
+            "POST /logging{query} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(post("").starts_with("HTTP/1.1 400"));
+    assert!(post("?level=skiff%3Dnope%3D").starts_with("HTTP/1.1 400"));
+    let set = post("?level=skiff%3Ddebug");
+    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
+    assert!(set.ends_with("log level: skiff=debug\n"), "{set}");
+    get(&listener, "/after");
+    // The debug line of that request, after the change's own info line.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no debug line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["level"] == "DEBUG" && v["fields"]["path"] == "/after" {
+            break;
+        }
+    }
+    assert_eq!(terminate(&mut child), Some(0));
+}

@@ -27,16 +27,30 @@ pub(super) struct LogArgs {
 }
 
 impl LogArgs {
+    /// Sets up logging, and installs the hook `POST /logging` uses to
+    /// change the filter while the process runs.
     pub(super) fn init(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_new(&self.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
+        // The two formats are two types; each hands over its own handle.
+        macro_rules! start {
+            ($builder:expr) => {{
+                let builder = $builder.with_filter_reloading();
+                let handle = builder.reload_handle();
+                builder.init();
+                crate::logging::install(move |level| {
+                    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                    handle.reload(filter).map_err(|e| e.to_string())
+                });
+            }};
+        }
         match self.log_format {
-            LogFormat::Text => builder.with_ansi(colour_logs()).init(),
+            LogFormat::Text => start!(builder.with_ansi(colour_logs())),
             // JSON is read by programs: never any escape sequence.
-            LogFormat::Json => builder.with_ansi(false).json().init(),
+            LogFormat::Json => start!(builder.with_ansi(false).json()),
         }
     }
 }
