@@ -21,6 +21,15 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
+/// Whether a gRPC status means the call failed on the server's side
+/// (UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNIMPLEMENTED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS), as the dashboard's success rate
+/// counts it; a client's own mistakes (NOT_FOUND, INVALID_ARGUMENT, ...)
+/// are served calls.
+pub fn is_server_failure(code: u32) -> bool {
+    matches!(code, 2 | 4 | 8 | 10 | 12 | 13 | 14 | 15)
+}
+
 /// gRPC code numbers as label text, without allocating.
 pub fn grpc_status_label(code: Option<u32>) -> &'static str {
     const NAMES: [&str; 17] = [

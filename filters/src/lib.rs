@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod retry;
 pub mod route;
 pub mod stack;
+pub mod stats;
 pub mod telemetry;
 pub mod timeout;
 

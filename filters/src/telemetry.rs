@@ -143,6 +143,8 @@ pub struct Metrics {
     config_updates: Family<ConfigUpdateLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     access_log_dropped: Family<AccessLogLabels, Counter>,
+    /// Exact percentiles over the last minute, for `/stats`.
+    pub stats: crate::stats::Stats,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +224,7 @@ impl Metrics {
             access_log_dropped.clone(),
         );
         Arc::new(Self {
+            stats: crate::stats::Stats::default(),
             access_log_dropped,
             registry,
             requests,
@@ -349,6 +352,12 @@ impl Metrics {
                 cluster: r.cluster.clone(),
             })
             .observe(r.start.elapsed().as_secs_f64());
+        // Requests that never reached a route are not a route's latency.
+        if !r.route.is_empty() {
+            let failed = r.code >= 500 || r.grpc_status.is_some_and(classify::is_server_failure);
+            self.stats
+                .record(&r.route, &r.cluster, r.start.elapsed(), failed);
+        }
     }
 }
 

@@ -22,7 +22,15 @@ use crate::app::Shared;
 
 /// Every path the admin server answers, with what it is for: the 404 lists
 /// them, and `docs/reference/admin.md` is generated from them.
-pub const ENDPOINTS: [(&str, &str); 6] = [
+pub const ENDPOINTS: [(&str, &str); 8] = [
+    (
+        "/",
+        "A live page for people: listeners, routes with the last minute's rate, success and p50/p99/p99.9, clusters and their endpoints with health, ejection, in-flight requests and EWMA, refreshed every second from `/config`, `/stats` and `/clusters`. One HTML file, no external script.",
+    ),
+    (
+        "/stats",
+        "JSON: per route and cluster over the last minute, `requests`, `rate_per_second`, `success` (no 5xx, no gRPC server error) and exact `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms` (HDR histograms, 1% precision).",
+    ),
     (
         "/ready",
         "200 `ready` once every listener is bound and the first config is applied; 503 `not ready` while draining. For readiness probes and scripts.",
@@ -48,6 +56,9 @@ pub const ENDPOINTS: [(&str, &str); 6] = [
         "Each cluster's endpoints as JSON: address, weight, health, outlier ejection, requests in flight and latency EWMA.",
     ),
 ];
+
+/// The admin page (`GET /`): built into the binary.
+const PAGE: &str = include_str!("admin.html");
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -79,6 +90,18 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
+        "/" => {
+            let mut rsp = Response::new(Body::full(PAGE));
+            rsp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            rsp
+        }
+        "/stats" => json_rsp(&json!({
+            "window_seconds": skiff_filters::stats::WINDOW.as_secs(),
+            "routes": shared.metrics.stats.rows(),
+        })),
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if shared.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),

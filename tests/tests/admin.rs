@@ -55,7 +55,7 @@ async fn ready_and_live_once_built() {
     // reference is generated from) answers.
     assert_eq!(
         rsp.text(),
-        "not found: try /ready /live /metrics /config /logging /clusters\n"
+        "not found: try / /stats /ready /live /metrics /config /logging /clusters\n"
     );
     for (path, _) in skiff::admin::ENDPOINTS {
         let rsp = admin.get(path).await;

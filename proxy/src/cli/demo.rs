@@ -100,7 +100,7 @@ fn banner(proxy: SocketAddr, admin: SocketAddr, b: &Backends) -> String {
         "\
 Skiff demo is running.
   proxy  http://{proxy}   (listener \"demo\", HTTP/1.1 and h2c)
-  admin  http://{admin}
+  admin  http://{admin}   (open it in a browser: the live page)
   backends: web a {a}, web b {b} (flaky: fails ~{pct}%), gRPC greeter {g}
 
 Try:
