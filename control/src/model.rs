@@ -45,8 +45,8 @@ pub struct Config {
     /// When rules exist and none matches: 403 `forbidden`. Only inbound listeners are checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationRule>,
-    /// Access logs and tracing (`tracing` is not supported yet: a config
-    /// that sets it is refused). Absent: no access log and no tracing.
+    /// Access logs and tracing. Absent: no access log and no tracing
+    /// (`traceparent` is still passed on untouched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<Telemetry>,
     /// The streaming control feed. Not supported yet: a config that sets it is refused.
@@ -711,13 +711,16 @@ impl AccessLog {
     }
 }
 
-/// Tracing (part of `telemetry`, not supported yet).
+/// Distributed tracing: a server span per request and a client span per
+/// upstream attempt, exported over OTLP/gRPC (docs/filters.md, "Tracing").
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tracing {
-    /// The OTLP endpoint spans are exported to.
+    /// The OTLP/gRPC collector, `http://host:port` (e.g. an OpenTelemetry
+    /// Collector's 4317).
     pub otlp_endpoint: String,
-    /// The fraction of requests traced.
+    /// The share of new traces recorded, 0 to 1; a caller's own sampling
+    /// decision (in `traceparent`) is always honoured. Absent: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_ratio: Option<f64>,
 }

@@ -98,8 +98,25 @@ impl Checker {
 
     fn refused_top_level(&mut self, config: &Config) {
         if let Some(t) = &config.telemetry {
-            if t.tracing.is_some() {
-                self.not_supported("telemetry.tracing");
+            if let Some(tr) = &t.tracing {
+                let e = &tr.otlp_endpoint;
+                let rest = e
+                    .strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                    self.at_value(
+                        "telemetry.tracing.otlp_endpoint",
+                        format!("{e:?}: an OTLP/gRPC endpoint is `http://host:port`"),
+                    );
+                }
+                if let Some(r) = tr.sample_ratio
+                    && !(0.0..=1.0).contains(&r)
+                {
+                    self.at_value(
+                        "telemetry.tracing.sample_ratio",
+                        format!("{r} is not a ratio from 0 to 1"),
+                    );
+                }
             }
             if let Some(log) = &t.access_log {
                 if let Some(format) = log.format.as_deref().filter(|f| *f != "json") {

@@ -393,6 +393,24 @@ pub struct Recorder {
     start: Instant,
     /// What only the access log needs; `None` (no allocation) without one.
     pub access: Option<Box<AccessFields>>,
+    /// Runs once when the request ends, with its status and gRPC status:
+    /// how the proxy's trace span ends with the response.
+    pub on_close: Option<CloseHook>,
+}
+
+/// Work to do when a request ends (its status, its gRPC status).
+pub struct CloseHook(Box<dyn FnOnce(u16, Option<u32>) + Send + Sync>);
+
+impl CloseHook {
+    pub fn new(hook: impl FnOnce(u16, Option<u32>) + Send + Sync + 'static) -> Self {
+        Self(Box::new(hook))
+    }
+}
+
+impl std::fmt::Debug for CloseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloseHook")
+    }
 }
 
 /// A request's access-log fields beyond the metrics' labels.
@@ -513,6 +531,7 @@ impl Recorder {
             peer_identity: empty(),
             start,
             access: None,
+            on_close: None,
         }
     }
 
@@ -544,6 +563,9 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.metrics.record(self);
+        if let Some(CloseHook(hook)) = self.on_close.take() {
+            hook(self.code, self.grpc_status);
+        }
         if let Some(a) = self.access.take() {
             let line = Line {
                 time: rfc3339(a.time),

@@ -22,6 +22,7 @@ use crate::listener::{self, Listeners};
 use crate::runtime::{CompileError, Runtime};
 use crate::shutdown::{Signal, Watch};
 use crate::tls::{self, Identity, IdentityError};
+use crate::trace::Tracing;
 
 /// State every connection and the admin server share.
 pub struct Shared {
@@ -49,6 +50,8 @@ pub struct Shared {
     pub last_rejection: Mutex<Option<Rejection>>,
     /// Access-log writers by path: they outlive runtimes.
     pub access_logs: AccessLogs,
+    /// The running span exporter: kept while its config is unchanged.
+    tracing: Mutex<Option<Arc<Tracing>>>,
 }
 
 /// A config that was not applied, and why.
@@ -105,12 +108,19 @@ impl Shared {
             .clusters
             .plan(&snapshot.config, &self.metrics, self.identity.as_ref());
         let access_log = access_log(&self.access_logs, &snapshot.config, &self.metrics)?;
+        let running = self
+            .tracing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let tracing = tracing(running, &snapshot.config)?;
         let mut next = Runtime::compile(
             Arc::new(snapshot),
             &self.metrics,
             &clusters,
             Some(&current),
             access_log,
+            tracing.clone(),
         )?;
         let listeners = self.listeners.plan(
             &next.snapshot.config.listeners,
@@ -121,6 +131,7 @@ impl Shared {
             next.alias_listener(was, now);
         }
         // Nothing could fail from here on.
+        *self.tracing.lock().unwrap_or_else(|p| p.into_inner()) = tracing;
         let version = next.snapshot.version;
         self.clusters.commit(clusters);
         self.runtime.store(Arc::new(next));
@@ -327,6 +338,21 @@ fn access_log(
         })
 }
 
+/// The span exporter `config` asks for: `running` when its config is the
+/// same, else a new one (the old one flushes as it goes).
+fn tracing(
+    running: Option<Arc<Tracing>>,
+    config: &Config,
+) -> Result<Option<Arc<Tracing>>, CompileError> {
+    let Some(cfg) = config.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) else {
+        return Ok(None);
+    };
+    match running {
+        Some(t) if t.config == *cfg => Ok(Some(t)),
+        _ => Ok(Some(Tracing::start(cfg)?)),
+    }
+}
+
 /// Builds from a config with no file behind it (tests, the demo).
 pub async fn build(config: Config) -> Result<Bound, BuildError> {
     build_from(Snapshot {
@@ -355,7 +381,8 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let plan = clusters.plan(config, &metrics, identity.as_ref());
     let access_logs = AccessLogs::default();
     let log = access_log(&access_logs, config, &metrics)?;
-    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None, log)?;
+    let spans = tracing(None, config)?;
+    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None, log, spans.clone())?;
     clusters.commit(plan);
     let signal = Signal::new();
     let shared = Arc::new(Shared {
@@ -370,6 +397,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         drain_timeout,
         last_rejection: Mutex::new(None),
         access_logs,
+        tracing: Mutex::new(spans),
     });
     let listeners = shared
         .listeners

@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use app::{Bound, BuildError, build, build_from};

@@ -41,6 +41,8 @@ pub struct Runtime {
     rate_limits: HashMap<Arc<str>, (model::RateLimit, Arc<RateLimiter>)>,
     /// `telemetry.access_log`: where each request's line goes.
     pub access_log: Option<Arc<AccessLog>>,
+    /// `telemetry.tracing`: where spans go.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 /// One route of a table, ready to serve.
@@ -84,6 +86,8 @@ pub enum CompileError {
         "`{key}` changed: it is bound at start, so this config needs a restart (nothing of it was applied)"
     )]
     NeedsRestart { key: &'static str },
+    #[error(transparent)]
+    Tracing(#[from] crate::trace::TraceError),
     #[error("telemetry.access_log.path: cannot open {path}")]
     AccessLog {
         path: String,
@@ -102,6 +106,7 @@ impl Runtime {
         plan: &Plan,
         previous: Option<&Runtime>,
         access_log: Option<Arc<AccessLog>>,
+        tracing: Option<Arc<crate::trace::Tracing>>,
     ) -> Result<Self, CompileError> {
         let config = &snapshot.config;
         let authorization = Arc::new(Policy::from_config(&config.authorization));
@@ -152,6 +157,7 @@ impl Runtime {
             clusters,
             rate_limits,
             access_log,
+            tracing,
         })
     }
 

@@ -16,7 +16,7 @@ use skiff_filters::access_log::AccessLog;
 use skiff_filters::authz::PeerIdentity;
 use skiff_filters::body::RequestBody;
 use skiff_filters::error::{self, Reason};
-use skiff_filters::telemetry::{AccessFields, Attempts, Recorder};
+use skiff_filters::telemetry::{AccessFields, Attempts, CloseHook, Recorder};
 use skiff_filters::{Body, classify, headers};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
@@ -116,6 +116,11 @@ impl Handler {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
                     rec.cluster = target.cluster.clone();
+                    if let Some(tracing) = &runtime.tracing {
+                        let span = tracing.server_span(&req, &route.label);
+                        req.extensions_mut().insert(span.clone());
+                        rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
+                    }
                     target.service.clone()
                 }
                 None => {

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_control::model::ClusterProtocol;
 
 use crate::cluster::{Cluster, ClusterState, Endpoint, Settings};
+use crate::trace::ServerSpan;
 use skiff_filters::balance::{Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
@@ -48,7 +49,7 @@ impl Cluster {
     /// The cluster's state is read once: settings and endpoints swapped
     /// meanwhile apply to the next request, and this one keeps its endpoint
     /// (and its pool) alive until it ends.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let start = Instant::now();
         let state = self.state();
         let Ok(i) = state.set.balancer.pick(&req, start) else {
@@ -68,6 +69,11 @@ impl Cluster {
         if let Some(attempts) = req.extensions().get::<Arc<Attempts>>() {
             attempts.record(&ep.stats);
         }
+        let span = req
+            .extensions()
+            .get::<ServerSpan>()
+            .cloned()
+            .map(|server| server.attempt(&mut req, &ep.address));
         let _in_flight = ep.stats.start();
         // If a timeout above drops this attempt, the guard reports it as a
         // failure: an endpoint that accepts and never answers must lose
@@ -82,6 +88,9 @@ impl Cluster {
             expired: req.extensions().get::<Expired>().cloned(),
         };
         let result = state.settings.send_to(ep, req).await;
+        if let Some(span) = span {
+            span.end(result.as_ref().ok().map(|r| r.status().as_u16()));
+        }
         let failed = match &result {
             Ok(rsp) => {
                 rsp.status().is_server_error() || classify::grpc_status(rsp.headers()) == Some(14)

@@ -965,7 +965,7 @@ fn cases() -> Vec<Case> {
         (
             "telemetry",
             small_plus(
-                "telemetry: { access_log: { format: text, path: \"\" }, tracing: { otlp_endpoint: x } }\n",
+                "telemetry: { access_log: { format: text, path: \"\" }, tracing: { otlp_endpoint: x, sample_ratio: 2 } }\n",
             ),
             vec![
                 (
@@ -974,7 +974,16 @@ fn cases() -> Vec<Case> {
                     "telemetry.access_log.format: \"text\": the access log is written as `json` only",
                 ),
                 (11, 48, "telemetry.access_log.path: an empty path"),
-                (11, 54, "telemetry.tracing: not supported yet"),
+                (
+                    11,
+                    80,
+                    "telemetry.tracing.otlp_endpoint: \"x\": an OTLP/gRPC endpoint is `http://host:port`",
+                ),
+                (
+                    11,
+                    97,
+                    "telemetry.tracing.sample_ratio: 2 is not a ratio from 0 to 1",
+                ),
             ],
         ),
         (

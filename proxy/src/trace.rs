@@ -1,0 +1,296 @@
+//! Distributed tracing (`telemetry.tracing`): a server span per request, a
+//! client span per upstream attempt (a retry is a sibling of the attempt it
+//! follows), exported over OTLP/gRPC.
+//!
+//! W3C Trace Context on the wire: the caller's `traceparent` (and
+//! `tracestate`) is continued, and each attempt's `traceparent` names its
+//! client span. Without `telemetry.tracing` Skiff makes no span and passes
+//! `traceparent` on untouched. Sampling is the caller's decision when it
+//! sent one, else `sample_ratio` of new traces; an unsampled request still
+//! propagates its trace.
+//!
+//! Spans go to a bounded batch queue (2,048 spans, sent every second) on a
+//! thread of the SDK's own: an unreachable collector costs queue space and
+//! dropped spans, never a request's time.
+//!
+//! The OpenTelemetry SDK is used directly rather than through
+//! `tracing-opentelemetry`: Skiff's spans are per request, configured per
+//! snapshot (and changed by a live reload), while a `tracing` layer would be
+//! global to the process and fixed when logging starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
+use skiff_control::model;
+
+/// A running exporter and the tracer that feeds it.
+pub struct Tracing {
+    pub config: model::Tracing,
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry.tracing: cannot set up the OTLP exporter to {endpoint}")]
+pub struct TraceError {
+    endpoint: String,
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+impl Tracing {
+    /// Starts exporting to `config.otlp_endpoint`. Needs a tokio runtime.
+    pub fn start(config: &model::Tracing) -> Result<Arc<Self>, TraceError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.otlp_endpoint.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| TraceError {
+                endpoint: config.otlp_endpoint.clone(),
+                source,
+            })?;
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(2048)
+            .with_scheduled_delay(Duration::from_secs(1))
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch)
+            .build();
+        let ratio = config.sample_ratio.unwrap_or(1.0);
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                ratio,
+            ))))
+            .with_resource(
+                opentelemetry_sdk::Resource::builder_empty()
+                    .with_service_name("skiff")
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("skiff");
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            provider,
+            tracer,
+        }))
+    }
+
+    /// Starts the server span of `req`, taken by `route`: a child of the
+    /// caller's span when it sent `traceparent`.
+    pub fn server_span<B>(self: &Arc<Self>, req: &Request<B>, route: &str) -> ServerSpan {
+        let parent = match remote_parent(req.headers()) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
+        };
+        let attributes = vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+            KeyValue::new("url.path", req.uri().path().to_owned()),
+            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("network.protocol.version", protocol(req.version())),
+        ];
+        let span = self
+            .tracer
+            .span_builder(format!("{} {route}", req.method()))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        let cx = parent.with_span(span);
+        ServerSpan {
+            tracing: self.clone(),
+            cx,
+        }
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        // Flushes what is queued: off the runtime, since it blocks.
+        let provider = self.provider.clone();
+        std::thread::spawn(move || {
+            let _ = provider.shutdown();
+        });
+    }
+}
+
+/// A request's server span, as it travels down the stack (a request
+/// extension) for the attempts' client spans to hang from.
+#[derive(Clone)]
+pub struct ServerSpan {
+    tracing: Arc<Tracing>,
+    cx: Context,
+}
+
+impl ServerSpan {
+    /// Starts the client span of one upstream attempt to `endpoint`, and
+    /// writes its `traceparent` (and the trace's `tracestate`) on `req`.
+    pub fn attempt<B>(&self, req: &mut Request<B>, endpoint: &str) -> ClientSpan {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+            KeyValue::new("network.protocol.version", protocol(req.version())),
+        ];
+        match endpoint.rsplit_once(':') {
+            Some((host, port)) => {
+                attributes.push(KeyValue::new("server.address", host.to_owned()));
+                if let Ok(p) = port.parse::<i64>() {
+                    attributes.push(KeyValue::new("server.port", p));
+                }
+            }
+            None => attributes.push(KeyValue::new("server.address", endpoint.to_owned())),
+        }
+        let t = &self.tracing.tracer;
+        let span = t
+            .span_builder(req.method().as_str().to_owned())
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(t, &self.cx);
+        inject(span.span_context(), req.headers_mut());
+        ClientSpan(span)
+    }
+
+    /// Ends the server span with the response's status.
+    pub fn end(self, status: u16, grpc_status: Option<u32>) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if let Some(g) = grpc_status {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(g)));
+        }
+        if status >= 500 {
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+/// One upstream attempt's span; ended by [`ClientSpan::end`].
+pub struct ClientSpan(opentelemetry_sdk::trace::Span);
+
+impl ClientSpan {
+    /// Ends the span: with the response status, or as an error.
+    pub fn end(mut self, status: Option<u16>) {
+        match status {
+            Some(s) => {
+                self.0
+                    .set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+                if s >= 500 {
+                    self.0.set_status(Status::error(""));
+                }
+            }
+            None => self.0.set_status(Status::error("no response")),
+        }
+        self.0.end();
+    }
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    }
+}
+
+/// The caller's span from `traceparent: 00-TRACE-SPAN-FLAGS` and
+/// `tracestate`, if well formed (W3C Trace Context, version 00).
+fn remote_parent(h: &HeaderMap) -> Option<SpanContext> {
+    let tp = h.get("traceparent")?.to_str().ok()?;
+    let mut parts = tp.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()? & 1);
+    let state = h
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+/// Writes `sc` as `traceparent` (and `tracestate`) on an outgoing request.
+fn inject(sc: &SpanContext, h: &mut HeaderMap) {
+    if !sc.is_valid() {
+        return;
+    }
+    let tp = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    if let Ok(v) = HeaderValue::from_str(&tp) {
+        h.insert("traceparent", v);
+    }
+    let state = sc.trace_state().header();
+    if !state.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&state)
+    {
+        h.insert("tracestate", v);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let sc = remote_parent(&h).unwrap();
+        assert!(sc.is_sampled() && sc.is_remote());
+        let mut out = HeaderMap::new();
+        inject(&sc, &mut out);
+        assert_eq!(out["traceparent"], h["traceparent"]);
+        assert_eq!(out["tracestate"], h["tracestate"]);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(bad));
+            assert!(remote_parent(&h).is_none(), "{bad}");
+        }
+    }
+}
