@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -226,8 +225,8 @@ impl http_body::Body for Body {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
-    /// Bytes read so far, for the access log (only when one is on).
-    counted: Option<Arc<AtomicU64>>,
+    /// Where bytes read are noted, for the access log (only when one is on).
+    counted: Option<Arc<crate::telemetry::Attempts>>,
 }
 
 impl RequestBody {
@@ -243,8 +242,8 @@ impl RequestBody {
         }
     }
 
-    /// Counts the bytes read into `counter`.
-    pub fn counted(mut self, counter: Arc<AtomicU64>) -> Self {
+    /// Notes the bytes read in `counter`.
+    pub fn counted(mut self, counter: Arc<crate::telemetry::Attempts>) -> Self {
         self.counted = Some(counter);
         self
     }
@@ -260,7 +259,7 @@ impl RequestBody {
         if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&self.counted, &polled)
             && let Some(data) = frame.data_ref()
         {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            counter.read(data.len());
         }
         polled
     }

@@ -413,36 +413,37 @@ impl std::fmt::Debug for CloseHook {
     }
 }
 
-/// A request's access-log fields beyond the metrics' labels.
+/// A request's access-log fields beyond the metrics' labels. Built from
+/// handles the request already has (a `Uri` and header values clone as
+/// reference counts), so a logged request costs this box, one shared
+/// [`Attempts`], and its rendered line.
 #[derive(Debug)]
 pub struct AccessFields {
     pub sink: Arc<AccessLog>,
     pub time: std::time::SystemTime,
     pub method: http::Method,
-    /// The authority the request named (`Host` or `:authority`).
-    pub authority: String,
-    /// The path, without the query (which may hold secrets).
-    pub path: String,
-    pub protocol: &'static str,
-    pub request_id: String,
-    /// From `traceparent`, when the request carried one.
-    pub trace_id: Option<String>,
-    /// Request body bytes read, counted by the request body.
-    pub bytes_in: Arc<AtomicU64>,
+    pub uri: http::Uri,
+    /// `Host`, when the URI has no authority (HTTP/1 origin form).
+    pub host: Option<http::HeaderValue>,
+    pub version: http::Version,
+    pub request_id: Option<http::HeaderValue>,
+    pub traceparent: Option<http::HeaderValue>,
+    /// Shared with the request's body (bytes in) and the upstream (attempts).
+    pub attempts: Arc<Attempts>,
     /// Response body bytes sent.
     pub bytes_out: u64,
-    /// The attempts the upstream made.
-    pub attempts: Arc<Attempts>,
     /// `skiff-error` of an answer Skiff made.
     pub skiff_error: Option<http::HeaderValue>,
 }
 
-/// Request extension: the upstream attempts of one request, noted where
-/// each attempt is sent (retries share it: extensions are cloned with the
-/// request). Only present when an access log is on.
+/// Request extension: what the upstream and the request body note for the
+/// access log (attempts, the endpoint last tried, body bytes read); retries
+/// share it, since extensions are cloned with the request. Only present
+/// when an access log is on.
 #[derive(Debug, Default)]
 pub struct Attempts {
     count: AtomicU64,
+    bytes_in: AtomicU64,
     last: std::sync::Mutex<Option<Arc<crate::balance::EndpointStats>>>,
 }
 
@@ -453,26 +454,34 @@ impl Attempts {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
     }
 
+    /// Notes request body bytes read.
+    pub fn read(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The address of the endpoint last tried.
-    pub fn last(&self) -> Option<String> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref().map(|e| e.address.clone())
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint last tried.
+    pub fn last(&self) -> Option<Arc<crate::balance::EndpointStats>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 /// One access-log line, as serialized.
 #[derive(serde::Serialize)]
 struct Line<'a> {
-    time: String,
+    time: Rfc3339,
     direction: &'a str,
     listener: &'a str,
     route: &'a str,
     cluster: &'a str,
-    upstream: Option<String>,
+    upstream: Option<&'a str>,
     attempts: u64,
     method: &'a str,
     authority: &'a str,
@@ -487,6 +496,23 @@ struct Line<'a> {
     trace_id: Option<&'a str>,
     peer_identity: &'a str,
     skiff_error: Option<&'a str>,
+}
+
+/// A time written as RFC 3339 UTC with milliseconds, straight into the line.
+struct Rfc3339(std::time::SystemTime);
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}", Rfc3339Display(self.0)))
+    }
+}
+
+struct Rfc3339Display(std::time::SystemTime);
+
+impl std::fmt::Display for Rfc3339Display {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, without a date crate.
@@ -567,31 +593,57 @@ impl Drop for Recorder {
             hook(self.code, self.grpc_status);
         }
         if let Some(a) = self.access.take() {
-            let line = Line {
-                time: rfc3339(a.time),
-                direction: self.direction,
-                listener: &self.listener,
-                route: &self.route,
-                cluster: &self.cluster,
-                upstream: a.attempts.last(),
-                attempts: a.attempts.count(),
-                method: a.method.as_str(),
-                authority: &a.authority,
-                path: &a.path,
-                protocol: a.protocol,
-                status: self.code,
-                grpc_status: self.grpc_status,
-                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
-                bytes_in: a.bytes_in.load(Ordering::Relaxed),
-                bytes_out: a.bytes_out,
-                request_id: &a.request_id,
-                trace_id: a.trace_id.as_deref(),
-                peer_identity: &self.peer_identity,
-                skiff_error: a.skiff_error.as_ref().and_then(|v| v.to_str().ok()),
-            };
-            if let Ok(text) = serde_json::to_string(&line) {
-                a.sink.send(text);
-            }
+            self.write_access(&a);
+        }
+    }
+}
+
+impl Recorder {
+    /// Renders the request's access-log line into one buffer and queues it.
+    fn write_access(&self, a: &AccessFields) {
+        fn text(v: &Option<http::HeaderValue>) -> Option<&str> {
+            v.as_ref().and_then(|v| v.to_str().ok())
+        }
+        let authority = match a.uri.authority() {
+            Some(auth) => auth.as_str(),
+            None => text(&a.host).unwrap_or_default(),
+        };
+        // `traceparent: 00-TRACEID-SPANID-FLAGS` (W3C Trace Context).
+        let trace_id = text(&a.traceparent)
+            .and_then(|t| t.split('-').nth(1))
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let last = a.attempts.last();
+        let line = Line {
+            time: Rfc3339(a.time),
+            direction: self.direction,
+            listener: &self.listener,
+            route: &self.route,
+            cluster: &self.cluster,
+            upstream: last.as_deref().map(|e| e.address.as_str()),
+            attempts: a.attempts.count(),
+            method: a.method.as_str(),
+            authority,
+            path: a.uri.path(),
+            protocol: match a.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: self.code,
+            grpc_status: self.grpc_status,
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            bytes_in: a.attempts.bytes_in(),
+            bytes_out: a.bytes_out,
+            request_id: text(&a.request_id).unwrap_or_default(),
+            trace_id,
+            peer_identity: &self.peer_identity,
+            skiff_error: text(&a.skiff_error),
+        };
+        let mut buf = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut buf, &line).is_ok()
+            && let Ok(text) = String::from_utf8(buf)
+        {
+            a.sink.send(text);
         }
     }
 }

@@ -2,7 +2,6 @@
 //! through `Handler::handle`: route, the route's filter stack, the upstream.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
@@ -71,10 +70,10 @@ impl Handler {
         let request_id = RequestId::of(req.headers());
         // The access log's fields, only when the running config has one.
         let bytes_in = self.shared.runtime.load().access_log.clone().map(|sink| {
-            let (fields, bytes_in, attempts) = access_fields(sink, &req);
+            let (fields, attempts) = access_fields(sink, &req);
             rec.access = Some(fields);
-            req.extensions_mut().insert(attempts);
-            bytes_in
+            req.extensions_mut().insert(attempts.clone());
+            attempts
         });
         if let Err(refusal) = admitted {
             self.shared
@@ -202,46 +201,25 @@ impl Handler {
     }
 }
 
-/// A request's access-log fields, the counter its body adds its bytes to,
-/// and the attempts record the upstream fills in.
-fn access_fields<B>(
-    sink: Arc<AccessLog>,
-    req: &Request<B>,
-) -> (Box<AccessFields>, Arc<AtomicU64>, Arc<Attempts>) {
+/// A request's access-log fields, and the record its body and the
+/// upstream fill in.
+fn access_fields<B>(sink: Arc<AccessLog>, req: &Request<B>) -> (Box<AccessFields>, Arc<Attempts>) {
     let h = req.headers();
-    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| text("host"))
-        .unwrap_or_default();
-    // `traceparent: 00-TRACEID-SPANID-FLAGS` (W3C Trace Context).
-    let trace_id = text("traceparent")
-        .and_then(|t| t.split('-').nth(1))
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_owned);
-    let bytes_in = Arc::new(AtomicU64::new(0));
     let attempts = Arc::new(Attempts::default());
     let fields = Box::new(AccessFields {
         sink,
         time: std::time::SystemTime::now(),
         method: req.method().clone(),
-        authority: authority.to_owned(),
-        path: req.uri().path().to_owned(),
-        protocol: match req.version() {
-            Version::HTTP_2 => "HTTP/2",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        request_id: text("x-request-id").unwrap_or_default().to_owned(),
-        trace_id,
-        bytes_in: bytes_in.clone(),
-        bytes_out: 0,
+        uri: req.uri().clone(),
+        host: h.get(HOST).cloned(),
+        version: req.version(),
+        request_id: h.get(&headers::REQUEST_ID).cloned(),
+        traceparent: h.get("traceparent").cloned(),
         attempts: attempts.clone(),
+        bytes_out: 0,
         skiff_error: None,
     });
-    (fields, bytes_in, attempts)
+    (fields, attempts)
 }
 
 /// The header that marks an answer Skiff made.

@@ -102,18 +102,22 @@ impl Tracing {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        let attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
-            KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new("http.route", route.to_owned()),
-            KeyValue::new("network.protocol.version", protocol(req.version())),
-        ];
-        let span = self
+        let mut span = self
             .tracer
-            .span_builder(format!("{} {route}", req.method()))
+            .span_builder("request")
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
+        // Named and described only when recorded: the sampled-out 99% of
+        // requests allocate none of it.
+        if span.is_recording() {
+            span.update_name(format!("{} {route}", req.method()));
+            span.set_attributes([
+                KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("http.route", route.to_owned()),
+                KeyValue::new("network.protocol.version", protocol(req.version())),
+            ]);
+        }
         let cx = parent.with_span(span);
         ServerSpan {
             tracing: self.clone(),
@@ -144,25 +148,27 @@ impl ServerSpan {
     /// Starts the client span of one upstream attempt to `endpoint`, and
     /// writes its `traceparent` (and the trace's `tracestate`) on `req`.
     pub fn attempt<B>(&self, req: &mut Request<B>, endpoint: &str) -> ClientSpan {
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
-            KeyValue::new("network.protocol.version", protocol(req.version())),
-        ];
-        match endpoint.rsplit_once(':') {
-            Some((host, port)) => {
-                attributes.push(KeyValue::new("server.address", host.to_owned()));
-                if let Ok(p) = port.parse::<i64>() {
-                    attributes.push(KeyValue::new("server.port", p));
-                }
-            }
-            None => attributes.push(KeyValue::new("server.address", endpoint.to_owned())),
-        }
         let t = &self.tracing.tracer;
-        let span = t
-            .span_builder(req.method().as_str().to_owned())
+        let mut span = t
+            .span_builder("attempt")
             .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
             .start_with_context(t, &self.cx);
+        if span.is_recording() {
+            span.update_name(req.method().as_str().to_owned());
+            span.set_attribute(KeyValue::new(
+                "http.request.method",
+                req.method().as_str().to_owned(),
+            ));
+            span.set_attribute(KeyValue::new(
+                "network.protocol.version",
+                protocol(req.version()),
+            ));
+            let (host, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, ""));
+            span.set_attribute(KeyValue::new("server.address", host.to_owned()));
+            if let Ok(p) = port.parse::<i64>() {
+                span.set_attribute(KeyValue::new("server.port", p));
+            }
+        }
         inject(span.span_context(), req.headers_mut());
         ClientSpan(span)
     }

@@ -1,0 +1,240 @@
+//! Telemetry benchmark: what metrics, a JSON access log to a file and
+//! tracing at 1% to a local OTLP receiver cost, against telemetry off, in
+//! the same run.
+//!
+//! One process on loopback: one upstream, Skiff in-process, a local OTLP
+//! receiver (a tonic server counting spans) and closed-loop HTTP/1.1
+//! clients, on one tokio runtime with two worker threads. The config is
+//! switched between "off" and "on" with `Bound::apply` between rounds, and
+//! the rounds alternate (off, on, off, on, ...) so drift hits both alike.
+//!
+//! ```text
+//! bash bench/telemetry.sh                 # 4 rounds of each, 5 s each, 8 connections
+//! ```
+#![forbid(unsafe_code)]
+
+#[path = "../backend.rs"]
+#[allow(dead_code)]
+mod backend;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff-telemetry",
+    about = "Throughput and latency with telemetry on against off"
+)]
+struct Args {
+    /// Rounds of each setting, alternating.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Closed-loop client connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+}
+
+/// Counts the spans it receives.
+#[derive(Clone, Default)]
+struct Receiver(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// The telemetry settings compared.
+const SETTINGS: [&str; 4] = [
+    "off",
+    "access log",
+    "tracing at 1%",
+    "access log and tracing at 1%",
+];
+
+fn config(upstream: SocketAddr, setting: usize, collector: SocketAddr, log: &str) -> String {
+    let access = format!("  access_log: {{ path: \"{log}\" }}\n");
+    let tracing =
+        format!("  tracing: {{ otlp_endpoint: \"http://{collector}\", sample_ratio: 0.01 }}\n");
+    let telemetry = match setting {
+        1 => format!("telemetry:\n{access}"),
+        2 => format!("telemetry:\n{tracing}"),
+        3 => format!("telemetry:\n{access}{tracing}"),
+        _ => String::new(),
+    };
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+{telemetry}listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}
+routes:
+  main:
+    - name: app
+      cluster: app
+clusters:
+  app:
+    endpoints: [{upstream}]
+"
+    )
+}
+
+/// Closed-loop load for `secs`: requests per second and latencies.
+async fn load(addr: SocketAddr, args: &Args) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if send.ready().await.is_err() {
+                    break;
+                }
+                let Ok(req) = http::Request::get("/")
+                    .header("host", "bench")
+                    .body(Empty::<bytes::Bytes>::new())
+                else {
+                    break;
+                };
+                let Ok(rsp) = send.send_request(req).await else {
+                    break;
+                };
+                if rsp.into_body().collect().await.is_err() {
+                    break;
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    all.sort_unstable();
+    Ok((all.len() as f64 / args.secs, all))
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * 0.99).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let served = Arc::new(AtomicU64::new(0));
+    let upstream = backend::Backend::start("127.0.0.1:0".parse()?, served).await?;
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector = listener.local_addr()?;
+    let service = TraceServiceServer::new(receiver.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = std::env::temp_dir().join(format!("skiff-telemetry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("access.log");
+    let log_path = log.display().to_string();
+    let configs: Vec<String> = (0..SETTINGS.len())
+        .map(|i| config(upstream.addr(), i, collector, &log_path))
+        .collect();
+    let load_config = |text: &str| {
+        skiff_control::load_str(text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let bound = skiff::build(load_config(&configs[0])?).await?;
+    let addr = bound
+        .listener_addr("main")
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    let mut version = 1;
+    let mut runs: Vec<Vec<(f64, Duration)>> = vec![Vec::new(); SETTINGS.len()];
+    for _ in 0..args.rounds {
+        for (i, text) in configs.iter().enumerate() {
+            version += 1;
+            bound.apply(skiff_control::Snapshot {
+                version,
+                source: "bench".to_owned(),
+                config: load_config(text)?,
+            })?;
+            let (rps, lat) = load(addr, &args).await?;
+            runs[i].push((rps, p99(&lat)));
+        }
+    }
+    let mean = |runs: &[(f64, Duration)]| {
+        let n = runs.len().max(1) as f64;
+        let rps = runs.iter().map(|r| r.0).sum::<f64>() / n;
+        let p99 = runs.iter().map(|r| r.1.as_secs_f64()).sum::<f64>() / n;
+        (rps, p99 * 1000.0)
+    };
+    // Let the last batch of spans arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = std::fs::read_to_string(&log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!(
+        "## Telemetry on against off ({} rounds of {} s each, alternating; {} connections)\n",
+        args.rounds, args.secs, args.connections
+    );
+    println!("| telemetry (metrics always on) | requests/s | p99 | cost |\n|---|---:|---:|---:|");
+    let (off_rps, _) = mean(&runs[0]);
+    for (name, r) in SETTINGS.iter().zip(&runs) {
+        let (rps, p99) = mean(r);
+        println!(
+            "| {name} | {rps:.0} | {p99:.2} ms | {:.1}% |",
+            100.0 * (off_rps - rps) / off_rps
+        );
+    }
+    println!(
+        "\nAccess log lines written: {lines}; spans received: {}.",
+        receiver.0.load(Ordering::Relaxed)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

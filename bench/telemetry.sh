@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Skiff telemetry benchmark: throughput and p99 with metrics, a JSON access
+# log to a file and tracing at 1% to a local OTLP receiver, against
+# telemetry off, alternating in one process (bench/chaos, binary
+# skiff-telemetry) on 2 worker threads.
+#
+#   bash bench/telemetry.sh                    # 4 rounds of each, 5 s each
+#   bash bench/telemetry.sh --rounds 1 --secs 1   # smoke run
+#   SKIP_BUILD=1 bash bench/telemetry.sh       # reuse the release build
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release -q -p skiff-chaos --bin skiff-telemetry
+fi
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+exec "$target/release/skiff-telemetry" "$@"
