@@ -226,7 +226,7 @@ impl http_body::Body for Body {
 pub struct RequestBody {
     inner: Option<Incoming>,
     /// Where bytes read are noted, for the access log (only when one is on).
-    counted: Option<Arc<crate::telemetry::Attempts>>,
+    counted: Option<Arc<crate::telemetry::RequestContext>>,
 }
 
 impl RequestBody {
@@ -243,7 +243,7 @@ impl RequestBody {
     }
 
     /// Notes the bytes read in `counter`.
-    pub fn counted(mut self, counter: Arc<crate::telemetry::Attempts>) -> Self {
+    pub fn counted(mut self, counter: Arc<crate::telemetry::RequestContext>) -> Self {
         self.counted = Some(counter);
         self
     }

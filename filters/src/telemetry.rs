@@ -416,7 +416,7 @@ impl std::fmt::Debug for CloseHook {
 /// A request's access-log fields beyond the metrics' labels. Built from
 /// handles the request already has (a `Uri` and header values clone as
 /// reference counts), so a logged request costs this box, one shared
-/// [`Attempts`], and its rendered line.
+/// [`RequestContext`], and its rendered line.
 #[derive(Debug)]
 pub struct AccessFields {
     pub sink: Arc<AccessLog>,
@@ -429,29 +429,65 @@ pub struct AccessFields {
     pub request_id: Option<http::HeaderValue>,
     pub traceparent: Option<http::HeaderValue>,
     /// Shared with the request's body (bytes in) and the upstream (attempts).
-    pub attempts: Arc<Attempts>,
+    pub attempts: Arc<RequestContext>,
     /// Response body bytes sent.
     pub bytes_out: u64,
     /// `skiff-error` of an answer Skiff made.
     pub skiff_error: Option<http::HeaderValue>,
 }
 
-/// Request extension: what the upstream and the request body note for the
-/// access log (attempts, the endpoint last tried, body bytes read); retries
-/// share it, since extensions are cloned with the request. Only present
-/// when an access log is on.
+/// Request extension: the one way back from below the route's stack to the
+/// request's telemetry (its [`Recorder`]). The upstream notes every attempt
+/// here (and starts its client span through `tracer`), and the request body
+/// the bytes it read; retries share it, since extensions are cloned with the
+/// request. Present only when the request is access-logged or traced, so
+/// other requests pay nothing for it.
 #[derive(Debug, Default)]
-pub struct Attempts {
+pub struct RequestContext {
     count: AtomicU64,
     bytes_in: AtomicU64,
     last: std::sync::Mutex<Option<Arc<crate::balance::EndpointStats>>>,
+    /// Set once the request is known to be traced.
+    tracer: std::sync::OnceLock<Box<dyn AttemptTracer>>,
 }
 
-impl Attempts {
-    /// Notes an attempt to `endpoint`.
-    pub fn record(&self, endpoint: &Arc<crate::balance::EndpointStats>) {
+/// Starts the client span of an upstream attempt (implemented by the
+/// proxy's tracing, which this crate does not depend on).
+pub trait AttemptTracer: Send + Sync + std::fmt::Debug {
+    /// Starts the span of an attempt of a `method` request to `endpoint`,
+    /// writing its `traceparent` on `headers`.
+    fn attempt(
+        &self,
+        method: &http::Method,
+        version: http::Version,
+        headers: &mut HeaderMap,
+        endpoint: &str,
+    ) -> Box<dyn AttemptSpan>;
+}
+
+/// One attempt's span, ended with the response's status (`None`: no response).
+pub trait AttemptSpan: Send {
+    fn end(self: Box<Self>, status: Option<u16>);
+}
+
+impl RequestContext {
+    /// Notes an attempt to `endpoint` of `req`, and starts its span when
+    /// the request is traced.
+    pub fn attempt<B>(
+        &self,
+        endpoint: &Arc<crate::balance::EndpointStats>,
+        req: &mut http::Request<B>,
+    ) -> Option<Box<dyn AttemptSpan>> {
         self.count.fetch_add(1, Ordering::Relaxed);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
+        let tracer = self.tracer.get()?;
+        let (method, version) = (req.method().clone(), req.version());
+        Some(tracer.attempt(&method, version, req.headers_mut(), &endpoint.address))
+    }
+
+    /// Marks the request traced: its attempts get spans from `tracer`.
+    pub fn trace(&self, tracer: Box<dyn AttemptTracer>) {
+        let _ = self.tracer.set(tracer);
     }
 
     /// Notes request body bytes read.
@@ -473,54 +509,24 @@ impl Attempts {
     }
 }
 
-/// One access-log line, as serialized.
-#[derive(serde::Serialize)]
-struct Line<'a> {
-    time: Rfc3339,
-    direction: &'a str,
-    listener: &'a str,
-    route: &'a str,
-    cluster: &'a str,
-    upstream: Option<&'a str>,
-    attempts: u64,
-    method: &'a str,
-    authority: &'a str,
-    path: &'a str,
-    protocol: &'a str,
-    status: u16,
-    grpc_status: Option<u32>,
-    duration_ms: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-    request_id: &'a str,
-    trace_id: Option<&'a str>,
-    peer_identity: &'a str,
-    skiff_error: Option<&'a str>,
-}
-
-/// A time written as RFC 3339 UTC with milliseconds, straight into the line.
-struct Rfc3339(std::time::SystemTime);
-
-impl serde::Serialize for Rfc3339 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}", Rfc3339Display(self.0)))
-    }
-}
-
 struct Rfc3339Display(std::time::SystemTime);
 
 impl std::fmt::Display for Rfc3339Display {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&rfc3339(self.0))
+        let (year, month, day, h, m, s, ms) = civil(self.0);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"
+        )
     }
 }
 
-/// RFC 3339 UTC with milliseconds, without a date crate.
-fn rfc3339(t: std::time::SystemTime) -> String {
+/// A UTC time's year, month, day, hour, minute, second and millisecond,
+/// without a date crate (Howard Hinnant's civil-from-days).
+fn civil(t: std::time::SystemTime) -> (i64, i64, i64, u64, u64, u64, u32) {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -530,12 +536,14 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+    (
+        year,
+        month,
+        day,
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_millis()
+        d.subsec_millis(),
     )
 }
 
@@ -613,38 +621,35 @@ impl Recorder {
             .and_then(|t| t.split('-').nth(1))
             .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
         let last = a.attempts.last();
-        let line = Line {
-            time: Rfc3339(a.time),
-            direction: self.direction,
-            listener: &self.listener,
-            route: &self.route,
-            cluster: &self.cluster,
-            upstream: last.as_deref().map(|e| e.address.as_str()),
-            attempts: a.attempts.count(),
-            method: a.method.as_str(),
-            authority,
-            path: a.uri.path(),
-            protocol: match a.version {
+        let mut line = crate::access_log::Line::with_capacity(512);
+        line.display("time", Rfc3339Display(a.time));
+        line.text("direction", self.direction);
+        line.text("listener", &self.listener);
+        line.text("route", &self.route);
+        line.text("cluster", &self.cluster);
+        line.maybe_text("upstream", last.as_deref().map(|e| e.address.as_str()));
+        line.number("attempts", a.attempts.count());
+        line.text("method", a.method.as_str());
+        line.text("authority", authority);
+        line.text("path", a.uri.path());
+        line.text(
+            "protocol",
+            match a.version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            status: self.code,
-            grpc_status: self.grpc_status,
-            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
-            bytes_in: a.attempts.bytes_in(),
-            bytes_out: a.bytes_out,
-            request_id: text(&a.request_id).unwrap_or_default(),
-            trace_id,
-            peer_identity: &self.peer_identity,
-            skiff_error: text(&a.skiff_error),
-        };
-        let mut buf = Vec::with_capacity(512);
-        if serde_json::to_writer(&mut buf, &line).is_ok()
-            && let Ok(text) = String::from_utf8(buf)
-        {
-            a.sink.send(text);
-        }
+        );
+        line.number("status", u64::from(self.code));
+        line.maybe_number("grpc_status", self.grpc_status.map(u64::from));
+        line.millis("duration_ms", self.start.elapsed());
+        line.number("bytes_in", a.attempts.bytes_in());
+        line.number("bytes_out", a.bytes_out);
+        line.text("request_id", text(&a.request_id).unwrap_or_default());
+        line.maybe_text("trace_id", trace_id);
+        line.text("peer_identity", &self.peer_identity);
+        line.maybe_text("skiff_error", text(&a.skiff_error));
+        a.sink.send(line.finish());
     }
 }
 

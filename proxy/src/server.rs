@@ -15,7 +15,7 @@ use skiff_filters::access_log::AccessLog;
 use skiff_filters::authz::PeerIdentity;
 use skiff_filters::body::RequestBody;
 use skiff_filters::error::{self, Reason};
-use skiff_filters::telemetry::{AccessFields, Attempts, CloseHook, Recorder};
+use skiff_filters::telemetry::{AccessFields, CloseHook, Recorder, RequestContext};
 use skiff_filters::{Body, classify, headers};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
@@ -69,11 +69,11 @@ impl Handler {
         // stack, since cloning a header value Skiff generated would allocate.
         let request_id = RequestId::of(req.headers());
         // The access log's fields, only when the running config has one.
-        let bytes_in = self.shared.runtime.load().access_log.clone().map(|sink| {
-            let (fields, attempts) = access_fields(sink, &req);
+        let mut context = self.shared.runtime.load().access_log.clone().map(|sink| {
+            let (fields, context) = access_fields(sink, &req);
             rec.access = Some(fields);
-            req.extensions_mut().insert(attempts.clone());
-            attempts
+            req.extensions_mut().insert(context.clone());
+            context
         });
         if let Err(refusal) = admitted {
             self.shared
@@ -115,9 +115,18 @@ impl Handler {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
                     rec.cluster = target.cluster.clone();
-                    if let Some(tracing) = &runtime.tracing {
-                        let span = tracing.server_span(&req, &route.label);
-                        req.extensions_mut().insert(span.clone());
+                    if let Some(tracing) = &runtime.tracing
+                        && let Some(span) = tracing.begin(&mut req, &route.label)
+                    {
+                        // The attempts' spans hang from it, through the
+                        // request's context (made now if the access log
+                        // did not make one).
+                        let cx = context.get_or_insert_with(|| {
+                            let cx = Arc::new(RequestContext::default());
+                            req.extensions_mut().insert(cx.clone());
+                            cx
+                        });
+                        cx.trace(Box::new(span.clone()));
                         rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
                     }
                     target.service.clone()
@@ -133,8 +142,8 @@ impl Handler {
 
         let req = req.map(|b| {
             let body = RequestBody::from(b);
-            Body::Request(match bytes_in {
-                Some(counter) => body.counted(counter),
+            Body::Request(match context {
+                Some(cx) => body.counted(cx),
                 None => body,
             })
         });
@@ -203,9 +212,12 @@ impl Handler {
 
 /// A request's access-log fields, and the record its body and the
 /// upstream fill in.
-fn access_fields<B>(sink: Arc<AccessLog>, req: &Request<B>) -> (Box<AccessFields>, Arc<Attempts>) {
+fn access_fields<B>(
+    sink: Arc<AccessLog>,
+    req: &Request<B>,
+) -> (Box<AccessFields>, Arc<RequestContext>) {
     let h = req.headers();
-    let attempts = Arc::new(Attempts::default());
+    let attempts = Arc::new(RequestContext::default());
     let fields = Box::new(AccessFields {
         sink,
         time: std::time::SystemTime::now(),

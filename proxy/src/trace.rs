@@ -6,8 +6,9 @@
 //! `tracestate`) is continued, and each attempt's `traceparent` names its
 //! client span. Without `telemetry.tracing` Skiff makes no span and passes
 //! `traceparent` on untouched. Sampling is the caller's decision when it
-//! sent one, else `sample_ratio` of new traces; an unsampled request still
-//! propagates its trace.
+//! sent one, else `sample_ratio` of new traces. An unsampled request costs
+//! no span object at all: its `traceparent` goes on as it came (or, when it
+//! had none, a fresh one with flags 00), so the trace still propagates.
 //!
 //! Spans go to a bounded batch queue (2,048 spans, sent every second) on a
 //! thread of the SDK's own: an unreachable collector costs queue space and
@@ -32,6 +33,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use skiff_control::model;
+use skiff_filters::telemetry::{AttemptSpan, AttemptTracer};
 
 /// A running exporter and the tracer that feeds it.
 pub struct Tracing {
@@ -75,12 +77,12 @@ impl Tracing {
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch)
             .build();
-        let ratio = config.sample_ratio.unwrap_or(1.0);
+        // Roots are sampled by `Tracing::begin` before any span exists (so
+        // a dropped request costs no span at all); a parent's decision is
+        // the SDK's to honour.
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(
                 opentelemetry_sdk::Resource::builder_empty()
                     .with_service_name("skiff")
@@ -95,10 +97,24 @@ impl Tracing {
         }))
     }
 
-    /// Starts the server span of `req`, taken by `route`: a child of the
-    /// caller's span when it sent `traceparent`.
-    pub fn server_span<B>(self: &Arc<Self>, req: &Request<B>, route: &str) -> ServerSpan {
-        let parent = match remote_parent(req.headers()) {
+    /// Decides whether `req` is traced, and starts its server span when it
+    /// is (a child of the caller's span when it sent `traceparent`). A
+    /// request that is not traced costs no span: the caller's
+    /// `traceparent` goes on as it came, and a request without one gets a
+    /// fresh, unsampled one, so the upstream's own spans join one trace.
+    pub fn begin<B>(self: &Arc<Self>, req: &mut Request<B>, route: &str) -> Option<ServerSpan> {
+        let parent = remote_parent(req.headers());
+        let sampled = match &parent {
+            Some(p) => p.is_sampled(),
+            None => fastrand::f64() < self.config.sample_ratio.unwrap_or(1.0),
+        };
+        if !sampled {
+            if parent.is_none() {
+                req.headers_mut().insert("traceparent", fresh_unsampled());
+            }
+            return None;
+        }
+        let parent = match parent {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
@@ -107,8 +123,6 @@ impl Tracing {
             .span_builder("request")
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
-        // Named and described only when recorded: the sampled-out 99% of
-        // requests allocate none of it.
         if span.is_recording() {
             span.update_name(format!("{} {route}", req.method()));
             span.set_attributes([
@@ -119,10 +133,10 @@ impl Tracing {
             ]);
         }
         let cx = parent.with_span(span);
-        ServerSpan {
+        Some(ServerSpan {
             tracing: self.clone(),
             cx,
-        }
+        })
     }
 }
 
@@ -136,8 +150,9 @@ impl Drop for Tracing {
     }
 }
 
-/// A request's server span, as it travels down the stack (a request
-/// extension) for the attempts' client spans to hang from.
+/// A request's server span. It travels down the stack inside the request's
+/// `RequestContext` (as its `AttemptTracer`), for the attempts' client spans
+/// to hang from.
 #[derive(Clone)]
 pub struct ServerSpan {
     tracing: Arc<Tracing>,
@@ -146,30 +161,33 @@ pub struct ServerSpan {
 
 impl ServerSpan {
     /// Starts the client span of one upstream attempt to `endpoint`, and
-    /// writes its `traceparent` (and the trace's `tracestate`) on `req`.
-    pub fn attempt<B>(&self, req: &mut Request<B>, endpoint: &str) -> ClientSpan {
+    /// writes its `traceparent` (and the trace's `tracestate`) on `headers`.
+    pub fn client_span(
+        &self,
+        method: &http::Method,
+        version: http::Version,
+        headers: &mut HeaderMap,
+        endpoint: &str,
+    ) -> ClientSpan {
         let t = &self.tracing.tracer;
         let mut span = t
             .span_builder("attempt")
             .with_kind(SpanKind::Client)
             .start_with_context(t, &self.cx);
         if span.is_recording() {
-            span.update_name(req.method().as_str().to_owned());
+            span.update_name(method.as_str().to_owned());
             span.set_attribute(KeyValue::new(
                 "http.request.method",
-                req.method().as_str().to_owned(),
+                method.as_str().to_owned(),
             ));
-            span.set_attribute(KeyValue::new(
-                "network.protocol.version",
-                protocol(req.version()),
-            ));
+            span.set_attribute(KeyValue::new("network.protocol.version", protocol(version)));
             let (host, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, ""));
             span.set_attribute(KeyValue::new("server.address", host.to_owned()));
             if let Ok(p) = port.parse::<i64>() {
                 span.set_attribute(KeyValue::new("server.port", p));
             }
         }
-        inject(span.span_context(), req.headers_mut());
+        inject(span.span_context(), headers);
         ClientSpan(span)
     }
 
@@ -190,8 +208,32 @@ impl ServerSpan {
     }
 }
 
+impl std::fmt::Debug for ServerSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSpan")
+    }
+}
+
+impl AttemptTracer for ServerSpan {
+    fn attempt(
+        &self,
+        method: &http::Method,
+        version: http::Version,
+        headers: &mut HeaderMap,
+        endpoint: &str,
+    ) -> Box<dyn AttemptSpan> {
+        Box::new(self.client_span(method, version, headers, endpoint))
+    }
+}
+
 /// One upstream attempt's span; ended by [`ClientSpan::end`].
 pub struct ClientSpan(opentelemetry_sdk::trace::Span);
+
+impl AttemptSpan for ClientSpan {
+    fn end(self: Box<Self>, status: Option<u16>) {
+        ClientSpan::end(*self, status);
+    }
+}
 
 impl ClientSpan {
     /// Ends the span: with the response status, or as an error.
@@ -245,6 +287,23 @@ fn remote_parent(h: &HeaderMap) -> Option<SpanContext> {
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
     Some(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+/// `traceparent` for a trace Skiff starts and does not sample: random ids,
+/// flags 00.
+fn fresh_unsampled() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let (trace, span) = (fastrand::u128(1..), fastrand::u64(1..));
+    for i in 0..32 {
+        out[3 + i] = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    for i in 0..16 {
+        out[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(
+        "00-00000000000000000000000000000001-0000000000000001-00",
+    ))
 }
 
 /// Writes `sc` as `traceparent` (and `tracestate`) on an outgoing request.

@@ -22,12 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_control::model::ClusterProtocol;
 
 use crate::cluster::{Cluster, ClusterState, Endpoint, Settings};
-use crate::trace::ServerSpan;
 use skiff_filters::balance::{Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier;
-use skiff_filters::telemetry::Attempts;
+use skiff_filters::telemetry::RequestContext;
 use skiff_filters::{Body, classify, headers};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -66,14 +65,10 @@ impl Cluster {
         if let Some(slot) = req.extensions().get::<Picked>() {
             slot.set(ep.id());
         }
-        if let Some(attempts) = req.extensions().get::<Arc<Attempts>>() {
-            attempts.record(&ep.stats);
-        }
-        let span = req
-            .extensions()
-            .get::<ServerSpan>()
-            .cloned()
-            .map(|server| server.attempt(&mut req, &ep.address));
+        let span = match req.extensions().get::<Arc<RequestContext>>().cloned() {
+            Some(cx) => cx.attempt(&ep.stats, &mut req),
+            None => None,
+        };
         let _in_flight = ep.stats.start();
         // If a timeout above drops this attempt, the guard reports it as a
         // failure: an endpoint that accepts and never answers must lose

@@ -217,6 +217,17 @@ async fn a_dropped_trace_exports_nothing_and_still_propagates() {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!((parts.len(), parts[3]), (4, "00"), "not sampled: {tp}");
     let dropped = parts[1].to_owned();
+    // A caller's unsampled trace goes on exactly as it came.
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    let req = Request::get("/caller-dropped")
+        .header("traceparent", &unsampled)
+        .body(empty())
+        .unwrap();
+    let rsp = Client::http1(proxy.main()).await.request(req).await;
+    assert_eq!(
+        Seen::from_json(&rsp.body).header("traceparent"),
+        Some(unsampled.as_str())
+    );
     // A sampled caller is honoured whatever the ratio: its spans arrive,
     // and the dropped trace's, sent before them, never did.
     let req = Request::get("/marker")
@@ -224,7 +235,8 @@ async fn a_dropped_trace_exports_nothing_and_still_propagates() {
         .body(empty())
         .unwrap();
     Client::http1(proxy.main()).await.request(req).await;
-    spans.trace(TRACE, 2).await;
+    // Its two spans, and none from the unsampled request of the same trace.
+    assert_eq!(spans.trace(TRACE, 2).await.len(), 2);
     let all = spans.0.lock().unwrap().clone();
     assert!(
         all.iter().all(|s| hex(&s.trace_id) != dropped),
