@@ -154,3 +154,37 @@ async fn a_moved_log_file_is_reopened() {
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("/before"), "{old}");
 }
+
+/// The access log follows live reloads: turned on, off and on again, it
+/// logs exactly the requests made while it was on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_follows_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let web = Backend::named("web").spawn().await;
+    let greeter = Greeter::spawn("g").await;
+    let off = grpc_and_web(web.addr(), greeter.addr(), "");
+    let telemetry = format!(
+        "telemetry: {{ access_log: {{ path: \"{}\" }} }}",
+        path.display()
+    );
+    let on = grpc_and_web(web.addr(), greeter.addr(), &telemetry);
+    let proxy = Proxy::start(&off).await;
+    let main = proxy.main();
+    Client::http1(main).await.get("/web/before").await;
+    proxy.apply(&on).unwrap();
+    Client::http1(main).await.get("/web/first").await;
+    proxy.apply(&off).unwrap();
+    Client::http1(main).await.get("/web/while-off").await;
+    proxy.apply(&on).unwrap();
+    Client::http1(main).await.get("/web/second").await;
+    // Two writers (one per time it was on) append to the file; which of
+    // their lines lands first is theirs to decide.
+    let mut logged: Vec<String> = lines(&path, 2)
+        .await
+        .iter()
+        .map(|l| l["path"].as_str().unwrap().to_owned())
+        .collect();
+    logged.sort();
+    assert_eq!(logged, ["/web/first", "/web/second"]);
+}
