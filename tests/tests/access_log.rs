@@ -19,8 +19,10 @@ async fn lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     guard(&format!("{n} access log lines"), async {
         loop {
             let text = std::fs::read_to_string(path).unwrap_or_default();
+            // Whole lines only: a write may be read half done.
             let lines: Vec<_> = text
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             if lines.len() >= n {
