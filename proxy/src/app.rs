@@ -52,6 +52,9 @@ pub struct Shared {
     pub access_logs: AccessLogs,
     /// The running span exporter: kept while its config is unchanged.
     tracing: Mutex<Option<Arc<Tracing>>>,
+    /// One apply at a time: plans are made against the running state and
+    /// committed over it, so two interleaved would undo each other.
+    applying: Mutex<()>,
 }
 
 /// A config that was not applied, and why.
@@ -91,6 +94,7 @@ impl Shared {
     }
 
     fn try_apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), BuildError> {
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load();
         let (old, new) = (&current.snapshot.config, &snapshot.config);
         let fixed = [
@@ -122,14 +126,12 @@ impl Shared {
             access_log,
             tracing.clone(),
         )?;
-        let listeners = self.listeners.plan(
-            &next.snapshot.config.listeners,
-            self,
-            self.identity.as_ref(),
-        )?;
-        for (was, now) in &listeners.renamed {
-            next.alias_listener(was, now);
-        }
+        let wanted = &next.snapshot.config.listeners;
+        let binding = self.listeners.bind_keys(wanted);
+        let listeners = self
+            .listeners
+            .plan(wanted, &binding, self, self.identity.as_ref())?;
+        next.bind_listeners(&binding.bound, &binding.draining, Some(&current));
         // Nothing could fail from here on.
         *self.tracing.lock().unwrap_or_else(|p| p.into_inner()) = tracing;
         let version = next.snapshot.version;
@@ -311,6 +313,20 @@ impl Bound {
         for task in &self.background {
             task.abort();
         }
+        // Listener states hold handlers that hold `Shared`: let them go, so
+        // `Shared` (and with it the span exporter, the access log's writer
+        // and the health probes) is freed when the last handle drops. Spans
+        // still queued are flushed now, before the process exits.
+        self.shared.listeners.clear();
+        let tracing = self
+            .shared
+            .tracing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = tracing {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+        }
         Ok(())
     }
 }
@@ -382,7 +398,11 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     let access_logs = AccessLogs::default();
     let log = access_log(&access_logs, config, &metrics)?;
     let spans = tracing(None, config)?;
-    let runtime = Runtime::compile(snapshot.clone(), &metrics, &plan, None, log, spans.clone())?;
+    let mut runtime =
+        Runtime::compile(snapshot.clone(), &metrics, &plan, None, log, spans.clone())?;
+    let listener_set = Listeners::default();
+    let binding = listener_set.bind_keys(&config.listeners);
+    runtime.bind_listeners(&binding.bound, &binding.draining, None);
     clusters.commit(plan);
     let signal = Signal::new();
     let shared = Arc::new(Shared {
@@ -392,16 +412,18 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         identity: identity.clone(),
         errors: crate::error_log::ErrorLog::default(),
         clusters,
-        listeners: Listeners::default(),
+        listeners: listener_set,
         base: Mutex::new(Some(signal.watch())),
         drain_timeout,
         last_rejection: Mutex::new(None),
         access_logs,
         tracing: Mutex::new(spans),
+        applying: Mutex::new(()),
     });
-    let listeners = shared
-        .listeners
-        .plan(&config.listeners, &shared, identity.as_ref())?;
+    let listeners =
+        shared
+            .listeners
+            .plan(&config.listeners, &binding, &shared, identity.as_ref())?;
     let admin_socket = listener::bind("admin", &admin_address)?;
     let base = signal.watch();
     shared

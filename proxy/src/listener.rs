@@ -59,6 +59,7 @@ impl ListenerState {
     /// set up (no identity, a bad one).
     pub fn build(
         l: &Listener,
+        key: &Arc<str>,
         shared: &Arc<Shared>,
         identity: Option<&Arc<Identity>>,
     ) -> Result<Self, BuildError> {
@@ -78,6 +79,7 @@ impl ListenerState {
                     shared: shared.clone(),
                     listener: Arc::new(ListenerCtx {
                         name: name.clone(),
+                        key: key.clone(),
                         direction: l.direction,
                         header_timeout: l.header_timeout.get(),
                         limits: protocol::HeadLimits::of(l),
@@ -149,6 +151,9 @@ pub fn bind(what: &str, addr: &str) -> Result<TcpListener, BuildError> {
 
 /// One running listener.
 struct Running {
+    /// Unique for the process and kept for the socket's whole life, renames
+    /// included: the runtime finds the socket's route table by it.
+    key: Arc<str>,
     config: Listener,
     addr: SocketAddr,
     state: Arc<ArcSwap<ListenerState>>,
@@ -159,45 +164,66 @@ struct Running {
 #[derive(Default)]
 pub struct Listeners {
     running: Mutex<Vec<Running>>,
+    /// Keys of removed listeners whose connections are still draining.
+    draining: Arc<Mutex<Vec<Arc<str>>>>,
+}
+
+/// A key no socket has had.
+fn fresh_key(name: &str) -> Arc<str> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Arc::from(format!("{name}#{n}"))
 }
 
 /// A config's listeners, bound and built beside the running ones.
 pub struct ListenerPlan {
     /// Listeners kept (by position in `running`) with their new state and config.
     swaps: Vec<(usize, Listener, ListenerState)>,
-    /// New sockets, with their config and state.
-    added: Vec<(Listener, TcpListener, SocketAddr, ListenerState)>,
+    /// New sockets, with their key, config and state.
+    added: Vec<(Arc<str>, Listener, TcpListener, SocketAddr, ListenerState)>,
     /// Running listeners to drain (by position in `running`).
     gone: Vec<usize>,
-    /// Listener names that now go by another (same socket, new name).
-    pub renamed: Vec<(String, String)>,
+}
+
+/// Which socket serves each wanted listener; see [`Listeners::bind_keys`].
+pub struct Binding {
+    /// Each wanted listener's socket key, with the listener's name.
+    pub bound: Vec<(Arc<str>, String)>,
+    /// Keys of sockets whose connections drain: removed before and still
+    /// draining, or removed now.
+    pub draining: Vec<Arc<str>>,
+    /// For each wanted listener, the running one it keeps, by position.
+    matched: Vec<Option<usize>>,
+    /// Running listeners that go, by position.
+    gone: Vec<usize>,
 }
 
 impl Listeners {
-    /// Binds what `wanted` adds and builds every state, changing nothing
-    /// that runs. A listener keeps its socket when a listener of the same
-    /// name, or failing that of the same address, runs now.
-    pub fn plan(
-        &self,
-        wanted: &[Listener],
-        shared: &Arc<Shared>,
-        identity: Option<&Arc<Identity>>,
-    ) -> Result<ListenerPlan, BuildError> {
+    /// Which socket each listener of `wanted` will have: a running one (the
+    /// same name and address, or failing that the same address: a rename)
+    /// or a new one, each with its key; and the keys of sockets whose
+    /// connections will be draining. Made before the runtime is compiled, so
+    /// its tables can be bound to the sockets. Nothing runs differently
+    /// until [`Listeners::plan`] and its commit; applies are serialized, so
+    /// the running set does not change in between.
+    pub fn bind_keys(&self, wanted: &[Listener]) -> Binding {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let mut plan = ListenerPlan {
-            swaps: Vec::new(),
-            added: Vec::new(),
-            gone: Vec::new(),
-            renamed: Vec::new(),
-        };
         let mut kept = vec![false; running.len()];
-        // A running listener of the same name and address first; then, for
-        // a listener that has none, one of the same address no other
-        // listener kept (a rename). Port 0 means "any free port": never
-        // the same address as another.
+        // Addresses compare as socket addresses: `[::1]:80` and
+        // `[0:0:0:0:0:0:0:1]:80` are one socket. Port 0 means "any free
+        // port": never the same address as another.
+        let same_address =
+            |a: &str, b: &str| match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
         let mut keep = |l: &Listener, same_name: bool| {
             let i = running.iter().enumerate().position(|(i, r)| {
-                !kept[i] && r.config.address == l.address && (!same_name || r.config.name == l.name)
+                // The configured address, or the one bound (a port 0
+                // listener given its port explicitly keeps its socket).
+                let here = same_address(&r.config.address, &l.address)
+                    || l.address.parse::<SocketAddr>().is_ok_and(|a| a == r.addr);
+                !kept[i] && here && (!same_name || r.config.name == l.name)
             })?;
             kept[i] = true;
             Some(i)
@@ -208,16 +234,50 @@ impl Listeners {
                 *m = keep(l, false);
             }
         }
-        for (l, m) in wanted.iter().zip(matched) {
-            let state = ListenerState::build(l, shared, identity)?;
+        let bound = wanted
+            .iter()
+            .zip(&matched)
+            .map(|(l, m)| {
+                let key = match m {
+                    Some(i) => running[*i].key.clone(),
+                    None => fresh_key(&l.name),
+                };
+                (key, l.name.clone())
+            })
+            .collect();
+        let gone: Vec<usize> = (0..running.len()).filter(|i| !kept[*i]).collect();
+        let mut draining = self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        draining.extend(gone.iter().map(|&i| running[i].key.clone()));
+        Binding {
+            bound,
+            draining,
+            matched,
+            gone,
+        }
+    }
+
+    /// Binds what `wanted` adds and builds every state, as `binding` says,
+    /// changing nothing that runs.
+    pub fn plan(
+        &self,
+        wanted: &[Listener],
+        binding: &Binding,
+        shared: &Arc<Shared>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<ListenerPlan, BuildError> {
+        let mut plan = ListenerPlan {
+            swaps: Vec::new(),
+            added: Vec::new(),
+            gone: binding.gone.clone(),
+        };
+        for ((l, m), (key, _)) in wanted.iter().zip(&binding.matched).zip(&binding.bound) {
+            let state = ListenerState::build(l, key, shared, identity)?;
             match m {
-                Some(i) => {
-                    if running[i].config.name != l.name {
-                        plan.renamed
-                            .push((running[i].config.name.clone(), l.name.clone()));
-                    }
-                    plan.swaps.push((i, l.clone(), state));
-                }
+                Some(i) => plan.swaps.push((*i, l.clone(), state)),
                 None => {
                     let socket = bind(&format!("listener {}", l.name), &l.address)?;
                     let addr = socket.local_addr().map_err(|source| BuildError::Bind {
@@ -225,11 +285,11 @@ impl Listeners {
                         addr: l.address.clone(),
                         source,
                     })?;
-                    plan.added.push((l.clone(), socket, addr, state));
+                    plan.added
+                        .push((key.clone(), l.clone(), socket, addr, state));
                 }
             }
         }
-        plan.gone = (0..running.len()).filter(|i| !kept[*i]).collect();
         Ok(plan)
     }
 
@@ -258,12 +318,20 @@ impl Listeners {
             let r = running.remove(i);
             info!(listener = %r.config.name, addr = %r.addr, "listener removed: draining its connections");
             r.scope.drain();
+            let draining = self.draining.clone();
+            draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r.key.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(drain_timeout).await;
                 r.scope.terminate();
+                // Its connections are cut: no runtime need keep its table.
+                let mut keys = draining.lock().unwrap_or_else(|p| p.into_inner());
+                keys.retain(|k| !Arc::ptr_eq(k, &r.key));
             });
         }
-        for (config, socket, addr, state) in plan.added {
+        for (key, config, socket, addr, state) in plan.added {
             info!(listener = %config.name, %addr, protocol = %config.protocol, tls = %config.tls.as_ref().map(|t| t.mode).unwrap_or_default(), "listening");
             let scope = Scope::new();
             let state = Arc::new(ArcSwap::from_pointee(state));
@@ -274,12 +342,22 @@ impl Listeners {
                 scope.watch(base),
             ));
             running.push(Running {
+                key,
                 config,
                 addr,
                 state,
                 scope,
             });
         }
+    }
+
+    /// Forgets every listener (their accept loops have already stopped with
+    /// the drain): what keeps `Shared` alive through their handlers.
+    pub fn clear(&self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Where the listener called `name` is bound.

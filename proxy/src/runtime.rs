@@ -29,11 +29,12 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     /// When this config started serving.
     pub applied_at: std::time::SystemTime,
-    tables: HashMap<String, Vec<Route>>,
-    /// Which table serves each listener, by listener name. Read per
+    tables: HashMap<String, Arc<Vec<Route>>>,
+    /// Which table serves each listener socket, by the socket's key (see
+    /// `listener::Running`), filled by [`Runtime::bind_listeners`]. Read per
     /// request, so a connection follows its listener's table as configs
-    /// change.
-    listeners: HashMap<String, String>,
+    /// change, through renames, and while its listener drains after removal.
+    listeners: HashMap<Arc<str>, Arc<Vec<Route>>>,
     /// The clusters this config names, by name, for `/clusters` and tcp listeners.
     pub clusters: Vec<Arc<Cluster>>,
     /// Each route's token bucket with the config it was built from, by
@@ -140,15 +141,11 @@ impl Runtime {
                     compile_route(table, index, r, plan, ctx)
                 })
                 .collect::<Result<_, _>>()?;
-            tables.insert(table.clone(), compiled);
+            tables.insert(table.clone(), Arc::new(compiled));
         }
         let mut clusters: Vec<_> = plan.clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        let listeners = config
-            .listeners
-            .iter()
-            .filter_map(|l| Some((l.name.clone(), l.routes.clone()?)))
-            .collect();
+        let listeners = HashMap::new();
         Ok(Self {
             snapshot,
             applied_at: std::time::SystemTime::now(),
@@ -161,22 +158,43 @@ impl Runtime {
         })
     }
 
-    /// The first route of `listener`'s table that matches, and the cluster it picks.
-    pub fn route<B>(&self, listener: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
-        let table = self.listeners.get(listener)?;
+    /// The first route that matches in the table of the listener socket
+    /// `key`, and the cluster it picks.
+    pub fn route<B>(&self, key: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
         let route = self
-            .tables
-            .get(table)?
+            .listeners
+            .get(key)?
             .iter()
             .find(|r| r.matcher.matches(req))?;
         Some((route, route.split.pick()))
     }
 
-    /// Connections a listener accepted under its old name (it was renamed,
-    /// keeping its socket) are served with its new name's table.
-    pub fn alias_listener(&mut self, old: &str, new: &str) {
-        if let Some(table) = self.listeners.get(new).cloned() {
-            self.listeners.insert(old.to_owned(), table);
+    /// Points each listener socket at its table: `bound` pairs a socket's
+    /// key with the listener (by name) it serves in this config; `draining`
+    /// are sockets of removed listeners, whose connections keep the table
+    /// they had in `previous` until they finish.
+    pub fn bind_listeners(
+        &mut self,
+        bound: &[(Arc<str>, String)],
+        draining: &[Arc<str>],
+        previous: Option<&Runtime>,
+    ) {
+        let config = &self.snapshot.config;
+        for (key, name) in bound {
+            let table = config
+                .listeners
+                .iter()
+                .find(|l| &l.name == name)
+                .and_then(|l| l.routes.as_ref())
+                .and_then(|t| self.tables.get(t));
+            if let Some(table) = table.cloned() {
+                self.listeners.insert(key.clone(), table);
+            }
+        }
+        for key in draining {
+            if let Some(table) = previous.and_then(|p| p.listeners.get(key)) {
+                self.listeners.insert(key.clone(), table.clone());
+            }
         }
     }
 

@@ -29,6 +29,9 @@ use crate::shutdown::Watch;
 #[derive(Debug)]
 pub struct ListenerCtx {
     pub name: Arc<str>,
+    /// The socket's key: how the runtime finds this listener's route table
+    /// (stable across renames and while a removed listener drains).
+    pub key: Arc<str>,
     pub direction: Direction,
     /// `header_timeout`: how long a new connection may take to show its
     /// protocol (see `protocol::sniff`) and, for HTTP/1, to send each
@@ -111,7 +114,7 @@ impl Handler {
                     req.extensions_mut().insert(peer.clone());
                 }
             }
-            match runtime.route(&self.listener.name, &req) {
+            match runtime.route(&self.listener.key, &req) {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
                     rec.cluster = target.cluster.clone();
@@ -127,7 +130,15 @@ impl Handler {
                             cx
                         });
                         cx.trace(Box::new(span.clone()));
+                        if let Some(a) = rec.access.as_mut() {
+                            a.traceparent = span.traceparent();
+                        }
                         rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
+                    } else if let Some(a) = rec.access.as_mut()
+                        && a.traceparent.is_none()
+                    {
+                        // A trace Skiff started and did not sample.
+                        a.traceparent = req.headers().get("traceparent").cloned();
                     }
                     target.service.clone()
                 }

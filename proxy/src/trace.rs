@@ -140,6 +140,13 @@ impl Tracing {
     }
 }
 
+impl Tracing {
+    /// Exports what is queued now (blocking: call off the runtime).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+}
+
 impl Drop for Tracing {
     fn drop(&mut self) {
         // Flushes what is queued: off the runtime, since it blocks.
@@ -189,6 +196,13 @@ impl ServerSpan {
         }
         inject(span.span_context(), headers);
         ClientSpan(span)
+    }
+
+    /// The server span as a `traceparent` value (for the access log's trace id).
+    pub fn traceparent(&self) -> Option<HeaderValue> {
+        let mut h = HeaderMap::new();
+        inject(self.cx.span().span_context(), &mut h);
+        h.remove("traceparent")
     }
 
     /// Ends the server span with the response's status.

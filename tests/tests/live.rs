@@ -417,3 +417,31 @@ clusters:
         weights.0, weights.1
     )
 }
+
+/// A listener renamed in place keeps its socket, and a connection opened
+/// under the old name follows the table the new name serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_listener_keeps_its_connections_routed() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let one = web(&[a.addr()], "", "");
+    let proxy = Proxy::start(&one).await;
+    let main = proxy.main();
+    let mut client = Client::http1(main).await;
+    assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
+
+    let renamed = web(&[b.addr()], "", "").replace(
+        "{ name: main, address: 127.0.0.1:0, routes: main }",
+        "{ name: front, address: 127.0.0.1:0, routes: main }",
+    );
+    // Port 0 never matches another listener's address: rename a bound port.
+    let renamed = renamed.replace("127.0.0.1:0, routes", &format!("\"{main}\", routes"));
+    let one_fixed = one.replace("127.0.0.1:0, routes", &format!("\"{main}\", routes"));
+    // First make the running listener's address explicit (same socket).
+    proxy.apply(&one_fixed).unwrap();
+    proxy.apply(&renamed).unwrap();
+    assert_eq!(proxy.try_addr("front"), Some(main), "the socket was kept");
+    assert!(proxy.try_addr("main").is_none());
+    // The same connection, opened before the rename.
+    assert_eq!(client.get("/").await.header("x-backend"), Some("b"));
+}

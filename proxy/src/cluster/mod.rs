@@ -5,8 +5,8 @@
 //! * An [`Endpoint`] lives as long as any cluster lists it, or any request
 //!   still uses it: its connection pools, latency estimate, outlier
 //!   ejection and health verdict survive every config swap that keeps it.
-//!   The [`Registry`] finds it by address (and the TLS identity its
-//!   connections verify), so a new snapshot looks endpoints up instead of
+//!   The [`Registry`] finds it by cluster, address and the TLS identity its
+//!   connections verify, so a new snapshot looks endpoints up instead of
 //!   building them. An endpoint no set lists any more is drained by being
 //!   let go: requests in flight hold it and finish, and its idle
 //!   connections close when the last holder drops it.
@@ -70,10 +70,12 @@ impl Endpoint {
     }
 }
 
-/// Who an endpoint is: its address, and the identity its TLS connections
-/// must present (a pool of connections verified for one identity must not
-/// serve a cluster that expects another).
-type Key = (String, Option<String>);
+/// Who an endpoint is: the cluster that lists it, its address, and the
+/// identity its TLS connections must present (a pool of connections
+/// verified for one identity must not serve a cluster that expects
+/// another). Per cluster, as Envoy keeps hosts: two clusters listing one
+/// address have their own health verdicts, ejections and pools.
+type Key = (String, String, Option<String>);
 
 /// Every endpoint some cluster lists, by address and TLS identity. Holds
 /// them weakly: the sets that list them keep them alive.
@@ -83,11 +85,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The endpoint at `address` for connections verifying `identity`:
-    /// the running one if any set still holds it, else a new one.
-    pub fn get(&self, address: &str, identity: Option<&str>) -> Arc<Endpoint> {
+    /// Cluster `cluster`'s endpoint at `address` for connections verifying
+    /// `identity`: the running one if any set still holds it, else a new one.
+    pub fn get(&self, cluster: &str, address: &str, identity: Option<&str>) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (address.to_owned(), identity.map(str::to_owned));
+        let key = (
+            cluster.to_owned(),
+            address.to_owned(),
+            identity.map(str::to_owned),
+        );
         if let Some(ep) = map.get(&key).and_then(Weak::upgrade) {
             return ep;
         }
@@ -191,7 +197,7 @@ impl Cluster {
     /// that stay are untouched. What a control feed's endpoint update does.
     pub fn set_endpoints(&self, registry: &Registry, endpoints: &[model::Endpoint]) {
         let current = self.state.load_full();
-        let wanted = lookup(registry, &current.settings.config, endpoints);
+        let wanted = lookup(registry, &self.name, &current.settings.config, endpoints);
         if current.set.same_as(&wanted) {
             return;
         }
@@ -206,13 +212,14 @@ impl Cluster {
 /// The endpoints `endpoints` names, found in (or added to) the registry.
 fn lookup(
     registry: &Registry,
+    cluster: &str,
     c: &model::Cluster,
     endpoints: &[model::Endpoint],
 ) -> Vec<(Arc<Endpoint>, u32)> {
     let identity = c.tls.as_ref().map(|t| t.server_identity.as_str());
     endpoints
         .iter()
-        .map(|e| (registry.get(&e.address, identity), e.weight))
+        .map(|e| (registry.get(cluster, &e.address, identity), e.weight))
         .collect()
 }
 
@@ -266,7 +273,7 @@ impl Clusters {
                 Some(s) if same_settings(&s.settings.config, c) => s.settings.clone(),
                 _ => Arc::new(settings(name, c, metrics, identity, old_state.as_deref())),
             };
-            let wanted = lookup(&self.registry, c, &c.endpoints);
+            let wanted = lookup(&self.registry, name, c, &c.endpoints);
             let set = match &old_state {
                 Some(s) if Arc::ptr_eq(&s.settings, &settings) && s.set.same_as(&wanted) => {
                     s.set.clone()
