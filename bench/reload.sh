@@ -9,10 +9,4 @@
 #   bash bench/reload.sh                  # 50 changes; 8 connections, 5 s per load run
 #   bash bench/reload.sh --changes 10 --secs 1     # smoke run
 #   SKIP_BUILD=1 bash bench/reload.sh     # reuse the release build
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release -q -p skiff-chaos --bin skiff-reload
-fi
-target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-exec "$target/release/skiff-reload" "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/release-bin.sh" skiff-reload "$@"

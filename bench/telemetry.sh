@@ -7,10 +7,4 @@
 #   bash bench/telemetry.sh                    # 4 rounds of each, 5 s each
 #   bash bench/telemetry.sh --rounds 1 --secs 1   # smoke run
 #   SKIP_BUILD=1 bash bench/telemetry.sh       # reuse the release build
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release -q -p skiff-chaos --bin skiff-telemetry
-fi
-target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-exec "$target/release/skiff-telemetry" "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/release-bin.sh" skiff-telemetry "$@"

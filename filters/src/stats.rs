@@ -43,13 +43,14 @@ struct Window {
     slots: Vec<Slot>,
 }
 
-/// A route label and a cluster name.
-type Key = (Arc<str>, Arc<str>);
+/// Each cluster's window of one route (a split has several).
+type Clusters = Vec<(Arc<str>, Arc<Mutex<Window>>)>;
 
-/// Every route's window.
+/// Every route's windows, by route label: looked up by `&str`, so
+/// recording a request clones no key.
 pub struct Stats {
     start: Instant,
-    windows: RwLock<HashMap<Key, Arc<Mutex<Window>>>>,
+    windows: RwLock<HashMap<Arc<str>, Clusters>>,
 }
 
 /// One row of `/stats`.
@@ -79,13 +80,13 @@ impl Default for Stats {
 impl Stats {
     /// Records one request of `route` to `cluster`.
     pub fn record(&self, route: &Arc<str>, cluster: &Arc<str>, took: Duration, failed: bool) {
-        let key = (route.clone(), cluster.clone());
-        let found = self
-            .windows
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let find = |all: &HashMap<Arc<str>, Clusters>| {
+            all.get(&**route)?
+                .iter()
+                .find(|(c, _)| **c == **cluster)
+                .map(|(_, w)| w.clone())
+        };
+        let found = find(&self.windows.read().unwrap_or_else(|p| p.into_inner()));
         let window = match found {
             Some(w) => w,
             None => {
@@ -94,9 +95,16 @@ impl Stats {
                     return;
                 };
                 let mut all = self.windows.write().unwrap_or_else(|p| p.into_inner());
-                all.entry(key)
-                    .or_insert_with(|| Arc::new(Mutex::new(Window { slots })))
-                    .clone()
+                match find(&all) {
+                    Some(w) => w,
+                    None => {
+                        let w = Arc::new(Mutex::new(Window { slots }));
+                        all.entry(route.clone())
+                            .or_default()
+                            .push((cluster.clone(), w.clone()));
+                        w
+                    }
+                }
             }
         };
         let epoch = self.start.elapsed().as_secs() / SLOT_SECS;
@@ -124,7 +132,8 @@ impl Stats {
         let all = self.windows.read().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<Row> = all
             .iter()
-            .filter_map(|((route, cluster), window)| {
+            .flat_map(|(route, clusters)| clusters.iter().map(move |(c, w)| (route, c, w)))
+            .filter_map(|(route, cluster, window)| {
                 let w = window.lock().unwrap_or_else(|p| p.into_inner());
                 let mut merged = Histogram::<u64>::new_from(&w.slots[0].latency_us);
                 let mut failures = 0;

@@ -334,6 +334,7 @@ impl Metrics {
     }
 
     fn record(&self, r: &Recorder) {
+        let took = r.start.elapsed();
         self.requests
             .get_or_create(&RequestLabels {
                 direction: r.direction,
@@ -351,12 +352,11 @@ impl Metrics {
                 route: r.route.clone(),
                 cluster: r.cluster.clone(),
             })
-            .observe(r.start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         // Requests that never reached a route are not a route's latency.
         if !r.route.is_empty() {
             let failed = r.code >= 500 || r.grpc_status.is_some_and(classify::is_server_failure);
-            self.stats
-                .record(&r.route, &r.cluster, r.start.elapsed(), failed);
+            self.stats.record(&r.route, &r.cluster, took, failed);
         }
     }
 }

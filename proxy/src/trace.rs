@@ -200,9 +200,7 @@ impl ServerSpan {
 
     /// The server span as a `traceparent` value (for the access log's trace id).
     pub fn traceparent(&self) -> Option<HeaderValue> {
-        let mut h = HeaderMap::new();
-        inject(self.cx.span().span_context(), &mut h);
-        h.remove("traceparent")
+        traceparent(self.cx.span().span_context())
     }
 
     /// Ends the server span with the response's status.
@@ -320,10 +318,10 @@ fn fresh_unsampled() -> HeaderValue {
     ))
 }
 
-/// Writes `sc` as `traceparent` (and `tracestate`) on an outgoing request.
-fn inject(sc: &SpanContext, h: &mut HeaderMap) {
+/// `sc` as a `traceparent` value, if it is a valid span context.
+fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     if !sc.is_valid() {
-        return;
+        return None;
     }
     let tp = format!(
         "00-{}-{}-{:02x}",
@@ -331,9 +329,15 @@ fn inject(sc: &SpanContext, h: &mut HeaderMap) {
         sc.span_id(),
         sc.trace_flags().to_u8()
     );
-    if let Ok(v) = HeaderValue::from_str(&tp) {
-        h.insert("traceparent", v);
-    }
+    HeaderValue::from_str(&tp).ok()
+}
+
+/// Writes `sc` as `traceparent` (and `tracestate`) on an outgoing request.
+fn inject(sc: &SpanContext, h: &mut HeaderMap) {
+    let Some(tp) = traceparent(sc) else {
+        return;
+    };
+    h.insert("traceparent", tp);
     let state = sc.trace_state().header();
     if !state.is_empty()
         && let Ok(v) = HeaderValue::from_str(&state)

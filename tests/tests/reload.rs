@@ -32,6 +32,19 @@ async fn metrics(admin: SocketAddr) -> String {
     Client::http1(admin).await.get("/metrics").await.text()
 }
 
+/// What `skiff run -c PATH` runs: the proxy built from PATH, watching it
+/// (reading it every `poll` too, besides notifications).
+async fn run_watching(path: &Path, poll: Duration) -> skiff::Bound {
+    let snapshot = skiff_control::Snapshot {
+        version: 1,
+        source: path.display().to_string(),
+        config: skiff_control::load_file(path).unwrap(),
+    };
+    let mut bound = skiff::build_from(snapshot).await.unwrap();
+    bound.watch_file(path.to_path_buf(), poll, skiff_control::Vars::process());
+    bound
+}
+
 fn write(path: &Path, text: &str) {
     // Write then rename, as editors and ConfigMap updates do, so the watcher
     // never reads half a file.
@@ -48,17 +61,7 @@ async fn valid_changes_apply_live_and_invalid_ones_are_refused() {
     let path = dir.path().join("skiff.yaml");
     write(&path, &Config::to(a.addr()).yaml());
 
-    let snapshot = skiff_control::Snapshot {
-        version: 1,
-        source: path.display().to_string(),
-        config: skiff_control::load_file(&path).unwrap(),
-    };
-    let mut bound = skiff::build_from(snapshot).await.unwrap();
-    bound.watch_file(
-        path.clone(),
-        Duration::from_millis(20),
-        skiff_control::Vars::process(),
-    );
+    let bound = run_watching(&path, Duration::from_millis(20)).await;
     let main = bound.listener_addr("main").unwrap();
     let admin = bound.admin_addr();
     assert_eq!(served_by(main).await, "a");
@@ -146,17 +149,7 @@ async fn a_configmap_symlink_swap_is_applied() {
     volume("..2026_12_02_1", &Config::to(a.addr()).yaml());
     std::os::unix::fs::symlink("..data/skiff.yaml", dir.path().join("skiff.yaml")).unwrap();
     let path = dir.path().join("skiff.yaml");
-    let snapshot = skiff_control::Snapshot {
-        version: 1,
-        source: path.display().to_string(),
-        config: skiff_control::load_file(&path).unwrap(),
-    };
-    let mut bound = skiff::build_from(snapshot).await.unwrap();
-    bound.watch_file(
-        path.clone(),
-        Duration::from_secs(3600),
-        skiff_control::Vars::process(),
-    );
+    let bound = run_watching(&path, Duration::from_secs(3600)).await;
     let main = bound.listener_addr("main").unwrap();
     assert_eq!(served_by(main).await, "a");
 

@@ -197,15 +197,34 @@ impl Cluster {
     /// that stay are untouched. What a control feed's endpoint update does.
     pub fn set_endpoints(&self, registry: &Registry, endpoints: &[model::Endpoint]) {
         let current = self.state.load_full();
-        let wanted = lookup(registry, &self.name, &current.settings.config, endpoints);
-        if current.set.same_as(&wanted) {
+        let set = current
+            .settings
+            .endpoint_set(registry, Some(&current), endpoints);
+        if Arc::ptr_eq(&set, &current.set) {
             return;
         }
-        let set = Arc::new(EndpointSet::new(&current.settings.config, wanted));
         self.state.store(Arc::new(ClusterState {
             settings: current.settings.clone(),
             set,
         }));
+    }
+}
+
+impl Settings {
+    /// The set of `endpoints` under these settings: `old`'s own when it has
+    /// these settings and lists exactly these endpoints, else a new set
+    /// (its endpoints looked up in the registry, its balancer rebuilt).
+    fn endpoint_set(
+        &self,
+        registry: &Registry,
+        old: Option<&ClusterState>,
+        endpoints: &[model::Endpoint],
+    ) -> Arc<EndpointSet> {
+        let wanted = lookup(registry, &self.name, &self.config, endpoints);
+        match old {
+            Some(o) if std::ptr::eq(&*o.settings, self) && o.set.same_as(&wanted) => o.set.clone(),
+            _ => Arc::new(EndpointSet::new(&self.config, wanted)),
+        }
     }
 }
 
@@ -273,13 +292,7 @@ impl Clusters {
                 Some(s) if same_settings(&s.settings.config, c) => s.settings.clone(),
                 _ => Arc::new(settings(name, c, metrics, identity, old_state.as_deref())),
             };
-            let wanted = lookup(&self.registry, name, c, &c.endpoints);
-            let set = match &old_state {
-                Some(s) if Arc::ptr_eq(&s.settings, &settings) && s.set.same_as(&wanted) => {
-                    s.set.clone()
-                }
-                _ => Arc::new(EndpointSet::new(c, wanted)),
-            };
+            let set = settings.endpoint_set(&self.registry, old_state.as_deref(), &c.endpoints);
             let state = Arc::new(ClusterState { settings, set });
             let cluster = match old {
                 Some(cluster) => cluster,
@@ -350,12 +363,6 @@ impl Clusters {
             }
         }
         *running = plan.clusters;
-    }
-
-    /// The running cluster called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
-        let running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        running.get(name).cloned()
     }
 }
 

@@ -25,18 +25,20 @@
 #[path = "../backend.rs"]
 #[allow(dead_code)]
 mod backend;
+#[path = "../closed_loop.rs"]
+mod closed_loop;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+
+use crate::closed_loop::{Conn, Load, percentile};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,50 +85,12 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One keep-alive HTTP/1.1 connection to Skiff.
-struct Conn(hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>);
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        Ok(Self(send))
-    }
-
-    /// Sends `GET /`; the `x-version` it came back with, if it succeeded.
-    async fn get(&mut self) -> anyhow::Result<Option<u64>> {
-        self.0.ready().await?;
-        let req = http::Request::get("/")
-            .header("host", "bench")
-            .body(Empty::new())?;
-        let rsp = self.0.send_request(req).await?;
-        let ok = rsp.status().is_success();
-        let version = rsp
-            .headers()
-            .get("x-version")
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        rsp.into_body().collect().await?;
-        anyhow::ensure!(ok, "not a 2xx");
-        Ok(version)
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// Closed-loop load for `secs`, changing the config `change_rate` times a
-/// second when that is above zero: requests done, failures, latencies.
+/// second when that is above zero: what the clients saw, and the changes made.
 async fn load(
     addr: SocketAddr,
     args: &Args,
@@ -134,62 +98,29 @@ async fn load(
     upstream: SocketAddr,
     change_rate: f64,
     version: &AtomicU64,
-) -> anyhow::Result<(u64, u64, Vec<Duration>, u64)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let (stop, failures) = (stop.clone(), failures.clone());
-        let mut conn = Conn::open(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(100_000);
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                match conn.get().await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            lat
-        }));
-    }
+) -> anyhow::Result<(Load, u64)> {
     let run = Duration::from_secs_f64(args.secs);
-    let start = Instant::now();
-    let mut changes = 0u64;
-    if change_rate > 0.0 {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / change_rate));
-        while start.elapsed() < run {
-            tick.tick().await;
-            let v = version.fetch_add(1, Ordering::Relaxed) + 1;
-            replace(path, &config(upstream, v))?;
-            changes += 1;
+    let changing = async {
+        let start = Instant::now();
+        let mut changes = 0u64;
+        if change_rate > 0.0 {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / change_rate));
+            while start.elapsed() < run {
+                tick.tick().await;
+                let v = version.fetch_add(1, Ordering::Relaxed) + 1;
+                replace(path, &config(upstream, v))?;
+                changes += 1;
+            }
+        } else {
+            tokio::time::sleep(run).await;
         }
-    } else {
-        tokio::time::sleep(run).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
-    }
-    all.sort_unstable();
-    Ok((
-        all.len() as u64,
-        failures.load(Ordering::Relaxed),
-        all,
-        changes,
-    ))
+        Ok(changes)
+    };
+    closed_loop::run(addr, args.connections, changing).await
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(args))
+    closed_loop::runtime()?.block_on(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -249,14 +180,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "| run | changes | requests/s | failed | p50 | p99 | p99.9 |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for (name, rate) in [("no changes", 0.0), ("changes", args.change_rate)] {
-        let (n, failed, lat, changes) =
-            load(addr, &args, &path, upstream.addr(), rate, &version).await?;
+        let (load, changes) = load(addr, &args, &path, upstream.addr(), rate, &version).await?;
+        let lat = &load.latencies;
         println!(
-            "| {name} | {changes} | {:.0} | {failed} | {} | {} | {} |",
-            n as f64 / args.secs,
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            ms(percentile(&lat, 0.999)),
+            "| {name} | {changes} | {:.0} | {} | {} | {} | {} |",
+            lat.len() as f64 / args.secs,
+            load.failures,
+            ms(percentile(lat, 0.5)),
+            ms(percentile(lat, 0.99)),
+            ms(percentile(lat, 0.999)),
         );
     }
     bound.drain();

@@ -16,22 +16,24 @@
 #[path = "../backend.rs"]
 #[allow(dead_code)]
 mod backend;
+#[path = "../closed_loop.rs"]
+#[allow(dead_code)]
+mod closed_loop;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tokio::time::Instant;
+
+use crate::closed_loop::percentile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,64 +109,8 @@ clusters:
     )
 }
 
-/// Closed-loop load for `secs`: requests per second and latencies.
-async fn load(addr: SocketAddr, args: &Args) -> anyhow::Result<(f64, Vec<Duration>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(100_000);
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                if send.ready().await.is_err() {
-                    break;
-                }
-                let Ok(req) = http::Request::get("/")
-                    .header("host", "bench")
-                    .body(Empty::<bytes::Bytes>::new())
-                else {
-                    break;
-                };
-                let Ok(rsp) = send.send_request(req).await else {
-                    break;
-                };
-                if rsp.into_body().collect().await.is_err() {
-                    break;
-                }
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
-    }
-    all.sort_unstable();
-    Ok((all.len() as f64 / args.secs, all))
-}
-
-fn p99(sorted: &[Duration]) -> Duration {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * 0.99).round() as usize)
-        .copied()
-        .unwrap_or_default()
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(args))
+    closed_loop::runtime()?.block_on(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -203,8 +149,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 source: "bench".to_owned(),
                 config: load_config(text)?,
             })?;
-            let (rps, lat) = load(addr, &args).await?;
-            runs[i].push((rps, p99(&lat)));
+            let secs = Duration::from_secs_f64(args.secs);
+            let (load, ()) = closed_loop::run(addr, args.connections, async {
+                tokio::time::sleep(secs).await;
+                Ok(())
+            })
+            .await?;
+            let lat = &load.latencies;
+            runs[i].push((lat.len() as f64 / args.secs, percentile(lat, 0.99)));
         }
     }
     let mean = |runs: &[(f64, Duration)]| {
