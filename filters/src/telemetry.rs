@@ -391,8 +391,9 @@ pub struct Recorder {
     /// The mTLS peer's SPIFFE ID, when the listener terminated mTLS.
     pub peer_identity: Arc<str>,
     start: Instant,
-    /// What only the access log needs; `None` (no allocation) without one.
-    pub access: Option<Box<AccessFields>>,
+    /// The request's shared context when it is access-logged (what only
+    /// the log needs); `None`, and no allocation, without a log.
+    pub access: Option<Arc<RequestContext>>,
     /// Runs once when the request ends, with its status and gRPC status:
     /// how the proxy's trace span ends with the response.
     pub on_close: Option<CloseHook>,
@@ -413,10 +414,11 @@ impl std::fmt::Debug for CloseHook {
     }
 }
 
-/// A request's access-log fields beyond the metrics' labels. Built from
-/// handles the request already has (a `Uri` and header values clone as
-/// reference counts), so a logged request costs this box, one shared
-/// [`RequestContext`], and its rendered line.
+/// A request's access-log fields beyond the metrics' labels, fixed when the
+/// request arrives. Built from handles the request already has (a `Uri` and
+/// header values clone as reference counts), and kept inside the request's
+/// [`RequestContext`], so a logged request costs that one allocation and its
+/// rendered line.
 #[derive(Debug)]
 pub struct AccessFields {
     pub sink: Arc<AccessLog>,
@@ -427,28 +429,34 @@ pub struct AccessFields {
     pub host: Option<http::HeaderValue>,
     pub version: http::Version,
     pub request_id: Option<http::HeaderValue>,
+    /// The `traceparent` the request came with.
     pub traceparent: Option<http::HeaderValue>,
-    /// Shared with the request's body (bytes in) and the upstream (attempts).
-    pub attempts: Arc<RequestContext>,
-    /// Response body bytes sent.
-    pub bytes_out: u64,
-    /// `skiff-error` of an answer Skiff made.
-    pub skiff_error: Option<http::HeaderValue>,
 }
 
-/// Request extension: the one way back from below the route's stack to the
-/// request's telemetry (its [`Recorder`]). The upstream notes every attempt
-/// here (and starts its client span through `tracer`), and the request body
-/// the bytes it read; retries share it, since extensions are cloned with the
+/// Request extension: the request's one shared context, and the one way back
+/// from below the route's stack to its telemetry (its [`Recorder`]). The
+/// upstream notes every attempt here (and starts its client span through
+/// `tracer`), the request body the bytes it read, and the response body the
+/// bytes it sent; retries share it, since extensions are cloned with the
 /// request. Present only when the request is access-logged or traced, so
 /// other requests pay nothing for it.
 #[derive(Debug, Default)]
 pub struct RequestContext {
     count: AtomicU64,
     bytes_in: AtomicU64,
-    last: std::sync::Mutex<Option<Arc<crate::balance::EndpointStats>>>,
+    bytes_out: AtomicU64,
+    /// The endpoint last tried; swapped without a lock, since retries of
+    /// one request may run on different workers.
+    last: arc_swap::ArcSwapOption<crate::balance::EndpointStats>,
     /// Set once the request is known to be traced.
     tracer: std::sync::OnceLock<Box<dyn AttemptTracer>>,
+    /// The access log's fields; `None` when the request is only traced.
+    access: Option<AccessFields>,
+    /// The trace the request belongs to, once tracing has decided: the
+    /// server span's `traceparent`, or the caller's when not sampled.
+    trace: std::sync::OnceLock<http::HeaderValue>,
+    /// `skiff-error` of an answer Skiff made.
+    skiff_error: std::sync::OnceLock<http::HeaderValue>,
 }
 
 /// Starts the client span of an upstream attempt (implemented by the
@@ -479,10 +487,28 @@ impl RequestContext {
         req: &mut http::Request<B>,
     ) -> Option<Box<dyn AttemptSpan>> {
         self.count.fetch_add(1, Ordering::Relaxed);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
+        self.last.store(Some(endpoint.clone()));
         let tracer = self.tracer.get()?;
         let (method, version) = (req.method().clone(), req.version());
         Some(tracer.attempt(&method, version, req.headers_mut(), &endpoint.address))
+    }
+
+    /// The context of an access-logged request.
+    pub fn logged(fields: AccessFields) -> Self {
+        Self {
+            access: Some(fields),
+            ..Self::default()
+        }
+    }
+
+    /// Notes the trace the request belongs to (first call wins).
+    pub fn set_trace(&self, traceparent: http::HeaderValue) {
+        let _ = self.trace.set(traceparent);
+    }
+
+    /// Whether the access log will want [`Self::set_trace`].
+    pub fn is_logged(&self) -> bool {
+        self.access.is_some()
     }
 
     /// Marks the request traced: its attempts get spans from `tracer`.
@@ -505,7 +531,7 @@ impl RequestContext {
 
     /// The endpoint last tried.
     pub fn last(&self) -> Option<Arc<crate::balance::EndpointStats>> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last.load_full()
     }
 }
 
@@ -514,10 +540,23 @@ struct Rfc3339Display(std::time::SystemTime);
 impl std::fmt::Display for Rfc3339Display {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (year, month, day, h, m, s, ms) = civil(self.0);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"
-        )
+        // Written digit by digit: `write!` with padded fields costs more
+        // than the rest of the line's numbers together.
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year.clamp(0, 9999) as u64);
+        put(5, 2, month as u64);
+        put(8, 2, day as u64);
+        put(11, 2, h);
+        put(14, 2, m);
+        put(17, 2, s);
+        put(20, 3, u64::from(ms));
+        f.write_str(std::str::from_utf8(&out).unwrap_or_default())
     }
 }
 
@@ -571,8 +610,8 @@ impl Recorder {
 
     /// Notes response body bytes sent (only counted for the access log).
     pub fn observe_data(&mut self, bytes: usize) {
-        if let Some(a) = &mut self.access {
-            a.bytes_out += bytes as u64;
+        if let Some(cx) = &self.access {
+            cx.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
 
@@ -582,8 +621,10 @@ impl Recorder {
         if let Some(s) = classify::grpc_status(headers) {
             self.grpc_status = Some(s);
         }
-        if let Some(a) = &mut self.access {
-            a.skiff_error = headers.get("skiff-error").cloned();
+        if let Some(cx) = &self.access
+            && let Some(e) = headers.get("skiff-error")
+        {
+            let _ = cx.skiff_error.set(e.clone());
         }
     }
 
@@ -600,15 +641,17 @@ impl Drop for Recorder {
         if let Some(CloseHook(hook)) = self.on_close.take() {
             hook(self.code, self.grpc_status);
         }
-        if let Some(a) = self.access.take() {
-            self.write_access(&a);
+        if let Some(cx) = self.access.take()
+            && let Some(a) = &cx.access
+        {
+            self.write_access(&cx, a);
         }
     }
 }
 
 impl Recorder {
     /// Renders the request's access-log line into one buffer and queues it.
-    fn write_access(&self, a: &AccessFields) {
+    fn write_access(&self, cx: &RequestContext, a: &AccessFields) {
         fn text(v: &Option<http::HeaderValue>) -> Option<&str> {
             v.as_ref().and_then(|v| v.to_str().ok())
         }
@@ -617,18 +660,20 @@ impl Recorder {
             None => text(&a.host).unwrap_or_default(),
         };
         // `traceparent: 00-TRACEID-SPANID-FLAGS` (W3C Trace Context).
-        let trace_id = text(&a.traceparent)
+        let traceparent = cx.trace.get().or(a.traceparent.as_ref());
+        let trace_id = traceparent
+            .and_then(|v| v.to_str().ok())
             .and_then(|t| t.split('-').nth(1))
             .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-        let last = a.attempts.last();
-        let mut line = crate::access_log::Line::with_capacity(512);
+        let last = cx.last();
+        let mut line = a.sink.line();
         line.display("time", Rfc3339Display(a.time));
         line.text("direction", self.direction);
         line.text("listener", &self.listener);
         line.text("route", &self.route);
         line.text("cluster", &self.cluster);
         line.maybe_text("upstream", last.as_deref().map(|e| e.address.as_str()));
-        line.number("attempts", a.attempts.count());
+        line.number("attempts", cx.count());
         line.text("method", a.method.as_str());
         line.text("authority", authority);
         line.text("path", a.uri.path());
@@ -643,12 +688,15 @@ impl Recorder {
         line.number("status", u64::from(self.code));
         line.maybe_number("grpc_status", self.grpc_status.map(u64::from));
         line.millis("duration_ms", self.start.elapsed());
-        line.number("bytes_in", a.attempts.bytes_in());
-        line.number("bytes_out", a.bytes_out);
+        line.number("bytes_in", cx.bytes_in());
+        line.number("bytes_out", cx.bytes_out.load(Ordering::Relaxed));
         line.text("request_id", text(&a.request_id).unwrap_or_default());
         line.maybe_text("trace_id", trace_id);
         line.text("peer_identity", &self.peer_identity);
-        line.maybe_text("skiff_error", text(&a.skiff_error));
+        line.maybe_text(
+            "skiff_error",
+            cx.skiff_error.get().and_then(|v| v.to_str().ok()),
+        );
         a.sink.send(line.finish());
     }
 }
@@ -656,6 +704,17 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_render_as_rfc3339_utc() {
+        let at = |secs: u64, ms: u64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + ms);
+            Rfc3339Display(t).to_string()
+        };
+        assert_eq!(at(1_796_210_526, 123), "2026-12-02T11:22:06.123Z");
+        assert_eq!(at(951_868_799, 7), "2000-02-29T23:59:59.007Z");
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn records_with_labels() {

@@ -71,12 +71,13 @@ impl Handler {
         // Kept for the answer and log line of a failure: copied onto the
         // stack, since cloning a header value Skiff generated would allocate.
         let request_id = RequestId::of(req.headers());
-        // The access log's fields, only when the running config has one.
+        // The request's context, made now only when the running config has
+        // an access log (tracing makes one later if it samples).
         let mut context = self.shared.runtime.load().access_log.clone().map(|sink| {
-            let (fields, context) = access_fields(sink, &req);
-            rec.access = Some(fields);
-            req.extensions_mut().insert(context.clone());
-            context
+            let cx = Arc::new(RequestContext::logged(access_fields(sink, &req)));
+            rec.access = Some(cx.clone());
+            req.extensions_mut().insert(cx.clone());
+            cx
         });
         if let Err(refusal) = admitted {
             self.shared
@@ -130,15 +131,17 @@ impl Handler {
                             cx
                         });
                         cx.trace(Box::new(span.clone()));
-                        if let Some(a) = rec.access.as_mut() {
-                            a.traceparent = span.traceparent();
+                        if cx.is_logged()
+                            && let Some(tp) = span.traceparent()
+                        {
+                            cx.set_trace(tp);
                         }
                         rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
-                    } else if let Some(a) = rec.access.as_mut()
-                        && a.traceparent.is_none()
+                    } else if let Some(cx) = &context
+                        && let Some(tp) = req.headers().get("traceparent")
                     {
                         // A trace Skiff started and did not sample.
-                        a.traceparent = req.headers().get("traceparent").cloned();
+                        cx.set_trace(tp.clone());
                     }
                     target.service.clone()
                 }
@@ -221,15 +224,10 @@ impl Handler {
     }
 }
 
-/// A request's access-log fields, and the record its body and the
-/// upstream fill in.
-fn access_fields<B>(
-    sink: Arc<AccessLog>,
-    req: &Request<B>,
-) -> (Box<AccessFields>, Arc<RequestContext>) {
+/// A request's access-log fields, from handles it already holds.
+fn access_fields<B>(sink: Arc<AccessLog>, req: &Request<B>) -> AccessFields {
     let h = req.headers();
-    let attempts = Arc::new(RequestContext::default());
-    let fields = Box::new(AccessFields {
+    AccessFields {
         sink,
         time: std::time::SystemTime::now(),
         method: req.method().clone(),
@@ -238,11 +236,7 @@ fn access_fields<B>(
         version: req.version(),
         request_id: h.get(&headers::REQUEST_ID).cloned(),
         traceparent: h.get("traceparent").cloned(),
-        attempts: attempts.clone(),
-        bytes_out: 0,
-        skiff_error: None,
-    });
-    (fields, attempts)
+    }
 }
 
 /// The header that marks an answer Skiff made.

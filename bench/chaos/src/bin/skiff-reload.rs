@@ -119,6 +119,11 @@ async fn load(
     closed_loop::run(addr, args.connections, changing).await
 }
 
+/// The skiff binary's allocator: Skiff runs in this process, and is measured
+/// as it ships.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     closed_loop::runtime()?.block_on(run(Args::parse()))
 }

@@ -6,10 +6,11 @@
 //! receiver (a tonic server counting spans) and closed-loop HTTP/1.1
 //! clients, on one tokio runtime with two worker threads. The config is
 //! switched between "off" and "on" with `Bound::apply` between rounds, and
-//! the rounds alternate (off, on, off, on, ...) so drift hits both alike.
+//! the rounds alternate, each starting one setting later, so drift hits
+//! all alike. The access log's file is synced to disk between rounds.
 //!
 //! ```text
-//! bash bench/telemetry.sh                 # 4 rounds of each, 5 s each, 8 connections
+//! bash bench/telemetry.sh                 # 10 rounds of each, 2 s each, 8 connections
 //! ```
 #![forbid(unsafe_code)]
 
@@ -42,11 +43,15 @@ use crate::closed_loop::percentile;
 )]
 struct Args {
     /// Rounds of each setting, alternating.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 10)]
     rounds: u32,
     /// Seconds per round.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 2.0)]
     secs: f64,
+    /// Run only these settings (0 off, 1 access log, 2 tracing, 3 both),
+    /// e.g. to profile one: `--only 3`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<usize>,
     /// Closed-loop client connections.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -109,6 +114,11 @@ clusters:
     )
 }
 
+/// The skiff binary's allocator: Skiff runs in this process, and is measured
+/// as it ships.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     closed_loop::runtime()?.block_on(run(Args::parse()))
 }
@@ -141,8 +151,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     let mut version = 1;
     let mut runs: Vec<Vec<(f64, Duration)>> = vec![Vec::new(); SETTINGS.len()];
-    for _ in 0..args.rounds {
-        for (i, text) in configs.iter().enumerate() {
+    for round in 0..args.rounds as usize {
+        // Each round starts one setting later, so no setting always
+        // follows another (and inherits, say, its page-cache writeback).
+        for i in (0..SETTINGS.len()).map(|k| (k + round) % SETTINGS.len()) {
+            if !args.only.is_empty() && !args.only.contains(&i) {
+                continue;
+            }
+            let text = &configs[i];
             version += 1;
             bound.apply(skiff_control::Snapshot {
                 version,
@@ -157,13 +173,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             let lat = &load.latencies;
             runs[i].push((lat.len() as f64 / args.secs, percentile(lat, 0.99)));
+            // The kernel writes the round's log lines to disk now, between
+            // rounds, rather than during the next one.
+            if let Ok(file) = std::fs::File::open(&log) {
+                let _ = tokio::task::spawn_blocking(move || file.sync_all()).await;
+            }
         }
     }
-    let mean = |runs: &[(f64, Duration)]| {
-        let n = runs.len().max(1) as f64;
-        let rps = runs.iter().map(|r| r.0).sum::<f64>() / n;
-        let p99 = runs.iter().map(|r| r.1.as_secs_f64()).sum::<f64>() / n;
-        (rps, p99 * 1000.0)
+    // Medians over the rounds: one round slowed by the host (this is a
+    // shared VM) moves a mean by more than the cost being measured.
+    let median = |runs: &[(f64, Duration)]| {
+        let mut rps: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let mut p99: Vec<f64> = runs.iter().map(|r| r.1.as_secs_f64()).collect();
+        rps.sort_by(f64::total_cmp);
+        p99.sort_by(f64::total_cmp);
+        let mid = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or_default();
+        (mid(&rps), mid(&p99) * 1000.0)
     };
     // Let the last batch of spans arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -171,17 +196,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|t| t.lines().count())
         .unwrap_or(0);
     println!(
-        "## Telemetry on against off ({} rounds of {} s each, alternating; {} connections)\n",
+        "## Telemetry on against off ({} rounds of {} s each, alternating; {} connections)\n\nMedians over the rounds; the cost is the median of each round's throughput against the same round's \"off\".\n",
         args.rounds, args.secs, args.connections
     );
     println!("| telemetry (metrics always on) | requests/s | p99 | cost |\n|---|---:|---:|---:|");
-    let (off_rps, _) = mean(&runs[0]);
-    for (name, r) in SETTINGS.iter().zip(&runs) {
-        let (rps, p99) = mean(r);
-        println!(
-            "| {name} | {rps:.0} | {p99:.2} ms | {:.1}% |",
-            100.0 * (off_rps - rps) / off_rps
-        );
+    for (name, r) in SETTINGS.iter().zip(&runs).filter(|(_, r)| !r.is_empty()) {
+        let (rps, p99) = median(r);
+        // Each round's throughput against the same round's "off": rounds
+        // are a few seconds apart, so the host's slow and fast phases
+        // cancel out of the ratio.
+        let ratios: Vec<(f64, Duration)> = r
+            .iter()
+            .zip(&runs[0])
+            .map(|(on, off)| (on.0 / off.0, Duration::ZERO))
+            .collect();
+        let cost = match ratios.is_empty() {
+            true => "-".to_owned(),
+            false => format!("{:.1}%", 100.0 * (1.0 - median(&ratios).0)),
+        };
+        println!("| {name} | {rps:.0} | {p99:.2} ms | {cost} |");
+    }
+    println!("\nEach round's requests/s, in the order run:\n");
+    for (name, r) in SETTINGS.iter().zip(&runs).filter(|(_, r)| !r.is_empty()) {
+        let each: Vec<String> = r.iter().map(|r| format!("{:.0}", r.0)).collect();
+        println!("- {name}: {}", each.join(", "));
     }
     println!(
         "\nAccess log lines written: {lines}; spans received: {}.",
