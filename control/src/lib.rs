@@ -10,6 +10,7 @@ pub mod model;
 pub mod source;
 pub mod spiffe;
 pub mod validate;
+pub mod xds;
 
 pub use env::Vars;
 
