@@ -83,12 +83,11 @@ impl AccessLog {
 
     /// A new line, in a spare buffer when there is one.
     pub fn line(&self) -> Line {
-        let mut buf = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| String::with_capacity(LINE));
-        buf.push('{');
-        Line(buf)
+        Line::in_buffer(
+            self.spare
+                .pop()
+                .unwrap_or_else(|| String::with_capacity(LINE)),
+        )
     }
 
     /// Queues one line (without its newline); never blocks.
@@ -229,9 +228,13 @@ pub struct Line(String);
 
 impl Line {
     pub fn with_capacity(n: usize) -> Self {
-        let mut s = String::with_capacity(n);
-        s.push('{');
-        Self(s)
+        Self::in_buffer(String::with_capacity(n))
+    }
+
+    /// A line written into `buf` (empty), keeping its capacity.
+    fn in_buffer(mut buf: String) -> Self {
+        buf.push('{');
+        Self(buf)
     }
 
     fn key(&mut self, key: &str) {

@@ -501,14 +501,22 @@ impl RequestContext {
         }
     }
 
-    /// Notes the trace the request belongs to (first call wins).
-    pub fn set_trace(&self, traceparent: http::HeaderValue) {
-        let _ = self.trace.set(traceparent);
+    /// Notes the trace the request belongs to, for the access log (first
+    /// call wins); `traceparent` is rendered only when the request is logged.
+    pub fn set_trace(&self, traceparent: impl FnOnce() -> Option<http::HeaderValue>) {
+        if self.access.is_some()
+            && let Some(tp) = traceparent()
+        {
+            let _ = self.trace.set(tp);
+        }
     }
 
-    /// Whether the access log will want [`Self::set_trace`].
-    pub fn is_logged(&self) -> bool {
-        self.access.is_some()
+    /// Whether the request is logged and came without a `traceparent` (so
+    /// one Skiff adds is news to the log).
+    pub fn came_untraced(&self) -> bool {
+        self.access
+            .as_ref()
+            .is_some_and(|a| a.traceparent.is_none())
     }
 
     /// Marks the request traced: its attempts get spans from `tracer`.

@@ -131,17 +131,13 @@ impl Handler {
                             cx
                         });
                         cx.trace(Box::new(span.clone()));
-                        if cx.is_logged()
-                            && let Some(tp) = span.traceparent()
-                        {
-                            cx.set_trace(tp);
-                        }
+                        cx.set_trace(|| span.traceparent());
                         rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
                     } else if let Some(cx) = &context
-                        && let Some(tp) = req.headers().get("traceparent")
+                        && cx.came_untraced()
                     {
                         // A trace Skiff started and did not sample.
-                        cx.set_trace(tp.clone());
+                        cx.set_trace(|| req.headers().get("traceparent").cloned());
                     }
                     target.service.clone()
                 }

@@ -432,21 +432,22 @@ fn route_table(
         }
     }
     entries.sort();
-    let mut decoded: Vec<Option<Vec<model::Route>>> = vec![None; vhosts.len()];
-    for (v, vh) in vhosts.into_iter().enumerate() {
-        decoded[v] = Some(virtual_host(vh, &format!("virtual_hosts[{v}]"), r, hash_on));
-    }
+    let decoded: Vec<Vec<model::Route>> = vhosts
+        .into_iter()
+        .enumerate()
+        .map(|(v, vh)| virtual_host(vh, &format!("virtual_hosts[{v}]"), r, hash_on))
+        .collect();
     // Routes of the `*` virtual host: a specific virtual host repeats them
     // (that is how `encode` writes a route that names no host), and they
     // are taken once, from `*`, as routes that name no host.
     let wildcard: Vec<model::Route> = entries
         .iter()
         .filter(|e| e.2 == "*")
-        .flat_map(|e| decoded[e.3].iter().flatten().cloned())
+        .flat_map(|e| decoded[e.3].iter().cloned())
         .collect();
     let mut out: Vec<model::Route> = Vec::new();
     for (_, _, domain, v) in entries {
-        for route in decoded[v].iter().flatten() {
+        for route in &decoded[v] {
             if domain != "*" && wildcard.contains(route) {
                 continue;
             }
@@ -473,7 +474,7 @@ fn virtual_host(
     routes
         .into_iter()
         .enumerate()
-        .filter_map(|(i, route)| self::route(route, &format!("{at}.routes[{i}]"), r, hash_on))
+        .map(|(i, route)| self::route(route, &format!("{at}.routes[{i}]"), r, hash_on))
         .collect()
 }
 
@@ -516,7 +517,7 @@ fn route(
     at: &str,
     r: &mut Refusals<'_>,
     hash_on: &mut BTreeMap<String, String>,
-) -> Option<model::Route> {
+) -> model::Route {
     use xr::route_match::PathSpecifier;
     let mut out = model::Route {
         name: Some(std::mem::take(&mut x.name)).filter(|n| !n.is_empty()),
@@ -652,7 +653,7 @@ fn route(
         }
     }
     r.rest(at, &x);
-    Some(out)
+    out
 }
 
 fn route_action(
