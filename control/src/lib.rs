@@ -7,6 +7,7 @@ mod env;
 pub mod load;
 mod locate;
 pub mod model;
+pub mod server;
 pub mod source;
 pub mod spiffe;
 pub mod validate;
@@ -20,7 +21,9 @@ pub use env::Vars;
 pub fn json_schema() -> serde_json::Value {
     schemars::schema_for!(Config).to_value()
 }
-pub use load::{ConfigError, ConfigErrors, load_file, load_file_with, load_str, load_str_with};
+pub use load::{
+    ConfigError, ConfigErrors, Fragment, load_file, load_file_with, load_str, load_str_with,
+};
 pub use model::Config;
 pub use validate::{Invalid, validate};
 
@@ -33,4 +36,21 @@ pub struct Snapshot {
     /// Where it came from: a file path, or `control:ADDR`.
     pub source: String,
     pub config: Config,
+}
+
+/// An error and its causes on one line, for logs (never for replies): a
+/// connect error's "transport error" says nothing until its source
+/// (refused, timed out) is read.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
 }

@@ -103,32 +103,8 @@ pub(crate) fn load_with_env(
     file: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let with_file = |problems: Vec<Problem>| {
-        let mut errors: Vec<ConfigError> = problems
-            .into_iter()
-            .map(|p| ConfigError {
-                file: file.to_owned(),
-                line: p.line,
-                column: p.column,
-                message: p.message,
-            })
-            .collect();
-        errors.sort_by_key(|e| (e.line, e.column));
-        ConfigErrors(errors)
-    };
-
-    let expanded = env::expand(text, lookup).map_err(|problems| {
-        with_file(
-            problems
-                .into_iter()
-                .map(|p| Problem {
-                    line: p.line,
-                    column: p.column,
-                    message: p.message,
-                })
-                .collect(),
-        )
-    })?;
+    let with_file = |problems: Vec<Problem>| in_file(file, problems);
+    let expanded = expand(text, file, lookup)?;
     let Parsed {
         config,
         index,
@@ -139,20 +115,7 @@ pub(crate) fn load_with_env(
         problems.extend(
             validate::validate(config)
                 .into_iter()
-                .map(|invalid| {
-                    // An endpoint's address: at `address:` in the long form.
-                    let long = format!("{}.address", invalid.path);
-                    let path = match index.get(&long) {
-                        Some(_) if invalid.path.contains(".endpoints[") => long.as_str(),
-                        _ => invalid.path.as_str(),
-                    };
-                    let mark = index.position(path, invalid.at_value);
-                    Problem {
-                        line: mark.line,
-                        column: mark.col + 1,
-                        message: format!("{path}: {}", invalid.message),
-                    }
-                })
+                .map(|invalid| place(index, &invalid.path, &invalid))
                 .filter(|p| !about_a_stand_in(p, &stood_in))
                 .map(|p| Problem {
                     column: expanded.original_column(p.line, p.column),
@@ -163,6 +126,114 @@ pub(crate) fn load_with_env(
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(with_file(problems)),
+    }
+}
+
+/// Problems found in `file`, in file order.
+fn in_file(file: &str, problems: Vec<Problem>) -> ConfigErrors {
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|p| ConfigError {
+            file: file.to_owned(),
+            line: p.line,
+            column: p.column,
+            message: p.message,
+        })
+        .collect();
+    errors.sort_by_key(|e| (e.line, e.column));
+    ConfigErrors(errors)
+}
+
+/// `${VAR}` expansion, its problems placed in `file`.
+fn expand(
+    text: &str,
+    file: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Expanded, ConfigErrors> {
+    env::expand(text, lookup).map_err(|problems| {
+        in_file(
+            file,
+            problems
+                .into_iter()
+                .map(|p| Problem {
+                    line: p.line,
+                    column: p.column,
+                    message: p.message,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Where a validation problem points in a file, said of `path` (the path
+/// in that file, which differs from `invalid.path` for a merged config).
+fn place(index: &Index, path: &str, invalid: &validate::Invalid) -> Problem {
+    // An endpoint's address: at `address:` in the long form.
+    let long = format!("{path}.address");
+    let path = match index.get(&long) {
+        Some(_) if path.contains(".endpoints[") => long.as_str(),
+        _ => path,
+    };
+    let mark = index.position(path, invalid.at_value);
+    Problem {
+        line: mark.line,
+        column: mark.col + 1,
+        message: format!("{path}: {}", invalid.message),
+    }
+}
+
+/// One file parsed into the model but not validated: part of a config that
+/// is validated once merged with others (`skiff control`'s directory, where
+/// one file may hold the clusters another's routes name). It keeps where
+/// everything is, to place the merged config's problems in this file.
+#[derive(Debug)]
+pub struct Fragment {
+    pub config: Config,
+    pub file: String,
+    index: Index,
+    expanded: Expanded,
+}
+
+impl Fragment {
+    /// Expands and parses `text` (every unknown key and wrong type, as
+    /// [`load_str_with`] reports them), without checking references or
+    /// cross-field rules; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, vars: &Vars) -> Result<Self, ConfigErrors> {
+        let expanded = expand(text, file, |name| vars.get(name))?;
+        let parsed = parse(&expanded);
+        match (parsed.config, parsed.index) {
+            (Some(config), Some(index)) if parsed.problems.is_empty() => Ok(Self {
+                config,
+                file: file.to_owned(),
+                index,
+                expanded,
+            }),
+            _ => Err(in_file(file, parsed.problems)),
+        }
+    }
+
+    /// `invalid` (found in a config this fragment is part of) placed at
+    /// `path` in this file.
+    pub fn locate(&self, path: &str, invalid: &validate::Invalid) -> ConfigError {
+        let p = place(&self.index, path, invalid);
+        ConfigError {
+            file: self.file.clone(),
+            line: p.line,
+            column: self.expanded.original_column(p.line, p.column),
+            message: p.message,
+        }
+    }
+
+    /// Where the entry at `path` starts in this file, for problems that
+    /// validation does not find (a name defined twice across files).
+    pub fn at(&self, path: &str, message: String) -> ConfigError {
+        let mark = self.index.position(path, false);
+        ConfigError {
+            file: self.file.clone(),
+            line: mark.line,
+            column: self.expanded.original_column(mark.line, mark.col + 1),
+            message,
+        }
     }
 }
 

@@ -49,8 +49,8 @@ pub struct Config {
     /// (`traceparent` is still passed on untouched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<Telemetry>,
-    /// The streaming control feed. Not supported yet: a config that sets it is refused.
-    /// Absent: the config comes from the file alone.
+    /// The streaming control feed (xDS v3 over ADS). Absent: the config comes from the
+    /// file alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlFeed>,
 }
@@ -61,7 +61,7 @@ impl Config {
     /// look like one that works.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.listeners.is_empty() {
+        if self.listeners.is_empty() && self.control.is_none() {
             warnings.push("no listeners: this config accepts no traffic".to_owned());
         }
         warnings
@@ -725,13 +725,15 @@ pub struct Tracing {
     pub sample_ratio: Option<f64>,
 }
 
-/// The streaming control feed (`control`, not supported yet).
+/// The streaming control feed: Envoy's xDS v3 over ADS (docs/xds.md). Listeners,
+/// route tables and clusters from the control server are served beside the ones in
+/// this file (a name may not be in both).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlFeed {
-    /// The address of the control server.
+    /// The control server, `http://host:port` (gRPC over plaintext HTTP/2).
     pub address: String,
-    /// The node name this Skiff gives the control server.
+    /// The node id this Skiff gives the control server; absent: the host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }

@@ -133,8 +133,30 @@ impl Checker {
                 }
             }
         }
-        if config.control.is_some() {
-            self.not_supported("control");
+        if let Some(feed) = &config.control {
+            let scheme = feed
+                .address
+                .strip_prefix("http://")
+                .or_else(|| feed.address.strip_prefix("https://"));
+            match scheme {
+                None => self.at_value(
+                    "control.address",
+                    format!(
+                        "{:?}: the control server as a URL, http://host:port (e.g. http://skiff-control:15010)",
+                        feed.address
+                    ),
+                ),
+                Some(rest) if rest.trim_end_matches('/').rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) => {
+                    self.at_value("control.address", format!("{:?}: needs a host and a port", feed.address))
+                }
+                Some(_) => {}
+            }
+            if feed.node.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                self.at_value(
+                    "control.node",
+                    "an empty node id: give one, or leave `node` out to use the host name",
+                );
+            }
         }
     }
 

@@ -291,19 +291,7 @@ pub fn reply(reason: Reason, message: &str, grpc: bool) -> Response<Body> {
 }
 
 /// The whole cause chain in one line, for logs (never for replies).
-pub fn render_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
+pub use skiff_control::error_chain as render_chain;
 
 /// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
 fn percent_encode(s: &str) -> String {

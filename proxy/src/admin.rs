@@ -33,7 +33,7 @@ pub const ENDPOINTS: [(&str, &str); 8] = [
     ),
     (
         "/ready",
-        "200 `ready` once every listener is bound and the first config is applied; 503 `not ready` while draining. For readiness probes and scripts.",
+        "200 `ready` once every listener is bound and the first config is applied (with `control:`, the first complete config from the control plane; it stays 200 while the control plane is away); 503 `not ready` before that and while draining. For readiness probes and scripts.",
     ),
     (
         "/live",
@@ -45,7 +45,7 @@ pub const ENDPOINTS: [(&str, &str); 8] = [
     ),
     (
         "/config",
-        "The running config as JSON: `version`, `source`, `applied_at` (Unix seconds), `config` (defaults filled in), and `last_rejection`: the last config a source offered that was not applied (`source`, `at`, `problems`), or null. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
+        "The running config as JSON: `version`, `source`, `applied_at` (Unix seconds), `config` (defaults filled in), and `last_rejection`: the last config a source offered that was not applied (`source`, `at`, `problems`), or null; with `control:`, `control`: the feed's address, node, protocol, whether it is connected, each type's version applied and ACKed, and the last NACK with its text. Loopback callers only (403 otherwise): it may hold header values set from `${VAR}`.",
     ),
     (
         "/logging",
@@ -140,6 +140,7 @@ fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
                 "applied_at": applied_at,
                 "config": s.config,
                 "last_rejection": rejection,
+                "control": shared.feed.get().map(|f| f.get()),
             }))
         }
         "/clusters" => {

@@ -52,6 +52,8 @@ pub struct Shared {
     pub access_logs: AccessLogs,
     /// The running span exporter: kept while its config is unchanged.
     tracing: Mutex<Option<Arc<Tracing>>>,
+    /// The control feed's state, when `control:` is set: for `/config`.
+    pub feed: std::sync::OnceLock<Arc<skiff_control::source::xds::FeedStatus>>,
     /// One apply at a time: plans are made against the running state and
     /// committed over it, so two interleaved would undo each other.
     applying: Mutex<()>,
@@ -141,6 +143,40 @@ impl Shared {
             .commit(listeners, &self.metrics, &base, self.drain_timeout);
         info!(version, "config applied");
         Ok(())
+    }
+
+    /// Applies one delivery from a source and answers it; whether it was
+    /// applied. `kind` labels `skiff_config_updates_total`.
+    fn deliver(self: &Arc<Self>, kind: &'static str, delivery: Delivery) -> bool {
+        let Delivery { update, reply } = delivery;
+        let outcome = match update {
+            Update::Valid(snapshot) => {
+                let source = snapshot.source.clone();
+                match self.apply(kind, *snapshot) {
+                    Ok(()) => Outcome::Applied,
+                    Err(e) => {
+                        let why = skiff_filters::error::render_chain(&e);
+                        warn!(%source, error = %why, "config change refused; keeping the last good config");
+                        self.rejected(&source, vec![why.clone()]);
+                        Outcome::Rejected(vec![why])
+                    }
+                }
+            }
+            Update::Invalid(errors) => {
+                // Never reached `apply`, which counts the others.
+                self.metrics.config_update(kind, "rejected");
+                for e in &errors.0 {
+                    warn!(problem = %e, "config change refused; keeping the last good config");
+                }
+                let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let source = errors.0.first().map_or(String::new(), |e| e.file.clone());
+                self.rejected(&source, problems.clone());
+                Outcome::Rejected(problems)
+            }
+        };
+        let applied = outcome == Outcome::Applied;
+        reply.send(outcome);
+        applied
     }
 
     /// Notes a config that was not applied, for `/config`.
@@ -239,38 +275,42 @@ impl Bound {
             skiff_control::source::file::watch(path, &current, interval, vars);
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            while let Some(Delivery { update, reply }) = updates.recv().await {
-                let outcome = match update {
-                    Update::Valid(snapshot) => {
-                        let source = snapshot.source.clone();
-                        match shared.apply("file", *snapshot) {
-                            Ok(()) => Outcome::Applied,
-                            Err(e) => {
-                                let why = skiff_filters::error::render_chain(&e);
-                                warn!(%source, error = %why, "config change refused; keeping the last good config");
-                                shared.rejected(&source, vec![why.clone()]);
-                                Outcome::Rejected(vec![why])
-                            }
-                        }
-                    }
-                    Update::Invalid(errors) => {
-                        // Never reached `apply`, which counts the others.
-                        shared.metrics.config_update("file", "rejected");
-                        for e in &errors.0 {
-                            warn!(problem = %e, "config change refused; keeping the last good config");
-                        }
-                        let problems: Vec<String> =
-                            errors.0.iter().map(ToString::to_string).collect();
-                        let source = errors.0.first().map_or(String::new(), |e| e.file.clone());
-                        shared.rejected(&source, problems.clone());
-                        Outcome::Rejected(problems)
-                    }
-                };
-                reply.send(outcome);
+            while let Some(delivery) = updates.recv().await {
+                shared.deliver("file", delivery);
             }
             poller.abort();
         });
         self.background.push(task);
+    }
+
+    /// Takes listeners, routes and clusters from the control plane named
+    /// by `control:` (xDS v3 over ADS), beside the ones in the proxy's own
+    /// file, counting outcomes in `skiff_config_updates_total{source="control"}`.
+    /// `/ready` turns 200 with the first complete config applied, and stays
+    /// 200 while the control plane is away. Does nothing without `control:`.
+    pub fn watch_feed(&mut self) {
+        let current = self.shared.runtime.load().snapshot.clone();
+        let Some(feed) = skiff_control::source::xds::subscribe(&current) else {
+            return;
+        };
+        let _ = self.shared.feed.set(feed.status.clone());
+        let shared = self.shared.clone();
+        let mut updates = feed.updates;
+        let client = feed.task;
+        let task = tokio::spawn(async move {
+            while let Some(delivery) = updates.recv().await {
+                if shared.deliver("control", delivery) {
+                    shared.ready.store(true, Ordering::Release);
+                }
+            }
+            client.abort();
+        });
+        self.background.push(task);
+    }
+
+    /// The feed's state, when `control:` is set (tests wait on it).
+    pub fn feed(&self) -> Option<Arc<skiff_control::source::xds::FeedStatus>> {
+        self.shared.feed.get().cloned()
     }
 
     /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
@@ -418,6 +458,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         last_rejection: Mutex::new(None),
         access_logs,
         tracing: Mutex::new(spans),
+        feed: std::sync::OnceLock::new(),
         applying: Mutex::new(()),
     });
     let listeners =
@@ -440,7 +481,9 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
     info!(%admin, "admin listening");
     let admin_task = tokio::spawn(admin::run(admin_socket, shared.clone()));
     let reloader = identity.map(|i| tls::spawn_reloader(i, tls::RELOAD_INTERVAL));
-    shared.ready.store(true, Ordering::Release);
+    // With a control feed, ready waits for its first complete config.
+    let feed = config.control.is_some();
+    shared.ready.store(!feed, Ordering::Release);
     Ok(Bound {
         admin,
         shared,

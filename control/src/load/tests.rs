@@ -988,8 +988,15 @@ fn cases() -> Vec<Case> {
         ),
         (
             "control",
-            small_plus("control: { address: \"http://127.0.0.1:15010\" }\n"),
-            vec![(11, 1, "control: not supported yet")],
+            small_plus("control: { address: \"127.0.0.1:15010\", node: \" \" }\n"),
+            vec![
+                (
+                    11,
+                    21,
+                    "control.address: \"127.0.0.1:15010\": the control server as a URL",
+                ),
+                (11, 46, "control.node: an empty node id"),
+            ],
         ),
         // --- ${VAR} ---
         (

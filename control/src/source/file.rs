@@ -100,32 +100,41 @@ pub fn watch(
     (rx, task)
 }
 
-/// Notifications for anything in `path`'s directory, as a channel that
-/// holds at most one pending wake-up. The watcher must be kept alive.
+/// Notifications for anything in `path`'s directory.
 fn notifications(path: &Path) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
-    let (tx, rx) = mpsc::channel(1);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
+    notifications_in(dir, RecursiveMode::NonRecursive)
+}
+
+/// Notifications for anything in `dir`, as a channel that holds at most
+/// one pending wake-up. The watcher must be kept alive. Also what `skiff
+/// control` watches its directory with (recursively: per-node subdirectories).
+pub(crate) fn notifications_in(
+    dir: PathBuf,
+    mode: RecursiveMode,
+) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
+    let (tx, rx) = mpsc::channel(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             // Full means a wake-up is already pending: one read covers both.
             let _ = tx.try_send(());
         }
     })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| w.watch(&dir, mode).map(|()| w));
     match watcher {
         Ok(w) => (rx, Some(w)),
         Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "no filesystem notifications for the config file; reading it every poll interval instead");
+            warn!(dir = %dir.display(), error = %e, "no filesystem notifications for the config; reading it every poll interval instead");
             (rx, None)
         }
     }
 }
 
 /// Waits until no event has arrived for [`SETTLE`].
-async fn settle(events: &mut mpsc::Receiver<()>) {
+pub(crate) async fn settle(events: &mut mpsc::Receiver<()>) {
     while let Ok(Some(())) = tokio::time::timeout(SETTLE, events.recv()).await {}
 }
 

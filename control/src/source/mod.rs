@@ -6,6 +6,7 @@
 //! config; the control feed turns the same answer into ACK or NACK.
 
 pub mod file;
+pub mod xds;
 
 use tokio::sync::oneshot;
 

@@ -42,6 +42,76 @@ pub fn encode(config: &Config) -> Resources {
     res
 }
 
+/// What a proxyless gRPC client (gRFC A27) gets when it asks for the
+/// listener `name` (its target, `xds:///NAME`): an `api_listener` whose
+/// connection manager takes the route configuration of the same name, made
+/// of every route, across tables in name order, whose `host` matches
+/// `name`. `None` when no route does. gRPC has no local rate limit and its
+/// fault filter is optional, so the routes keep only what gRPC honours:
+/// matching, clusters and weights, retries (gRPC ignores `timeout`).
+pub fn api_listener(name: &str, config: &Config) -> Option<(xl::Listener, xr::RouteConfiguration)> {
+    let routes: Vec<xr::Route> = config
+        .routes
+        .values()
+        .flatten()
+        .filter(|r| {
+            r.matches
+                .host
+                .as_deref()
+                .is_some_and(|h| host_matches(h, name))
+        })
+        .map(|r| xr::Route {
+            typed_per_filter_config: Default::default(),
+            ..route(r, config)
+        })
+        .collect();
+    if routes.is_empty() {
+        return None;
+    }
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: name.to_owned(),
+            },
+        )),
+        http_filters: vec![http_filter(names::ROUTER, pack_any(Router::default()))],
+        ..Default::default()
+    };
+    let listener = xl::Listener {
+        name: name.to_owned(),
+        api_listener: Some(xl::ApiListener {
+            api_listener: Some(pack_any(manager)),
+        }),
+        ..Default::default()
+    };
+    let table = xr::RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![xr::VirtualHost {
+            name: name.to_owned(),
+            domains: vec![name.to_owned()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some((listener, table))
+}
+
+/// Whether a route's `host` (exact, or `*.suffix`) matches a gRPC target
+/// (which may carry a port).
+fn host_matches(pattern: &str, target: &str) -> bool {
+    let host = match target.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => target,
+    };
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
 /// A config source that says "over the same ADS stream", as v3.
 pub(crate) fn ads() -> core::ConfigSource {
     core::ConfigSource {

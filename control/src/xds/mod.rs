@@ -29,7 +29,7 @@ mod encode;
 mod tests;
 
 pub use decode::decode;
-pub use encode::encode;
+pub use encode::{api_listener, encode};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -239,4 +239,152 @@ pub(crate) fn from_duration(
 
 pub(crate) fn u32v(v: u32) -> Option<envoy_types::pb::google::protobuf::UInt32Value> {
     Some(envoy_types::pb::google::protobuf::UInt32Value { value: v })
+}
+
+/// What a set of resources names but does not hold yet: the route
+/// configurations its listeners take by RDS, the endpoints its EDS
+/// clusters wait for, and the clusters its routes and TCP listeners send
+/// to. A client subscribes to the first two by name, and applies nothing
+/// until all three are empty (a cluster is warm before a listener that
+/// needs it goes live). Resources that do not decode name nothing: their
+/// refusal is reported when the set is decoded.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub routes: std::collections::BTreeSet<String>,
+    pub endpoints: std::collections::BTreeSet<String>,
+    /// Route tables and TCP listeners name these; none are subscribed to
+    /// by name (clusters come by wildcard).
+    pub clusters: std::collections::BTreeSet<String>,
+}
+
+impl Resources {
+    /// The names of every route configuration and every EDS cluster's
+    /// endpoints these resources need.
+    pub fn wanted(&self) -> Wanted {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType,
+        };
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        };
+        use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+            TcpProxy, tcp_proxy::ClusterSpecifier as TcpTarget,
+        };
+        let mut w = Wanted::default();
+        for l in self.listeners.values() {
+            let api = l
+                .api_listener
+                .as_ref()
+                .and_then(|a| a.api_listener.as_ref());
+            let filters = l
+                .filter_chains
+                .iter()
+                .chain(l.default_filter_chain.iter())
+                .flat_map(|c| &c.filters)
+                .filter_map(|f| match &f.config_type {
+                    Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) => Some(any),
+                    _ => None,
+                });
+            for any in filters.chain(api) {
+                if let Ok(hcm) = unpack::<HttpConnectionManager>(any) {
+                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                        w.routes.insert(rds.route_config_name);
+                    }
+                } else if let Ok(tcp) = unpack::<TcpProxy>(any)
+                    && let Some(TcpTarget::Cluster(c)) = tcp.cluster_specifier
+                {
+                    w.clusters.insert(c);
+                }
+            }
+        }
+        for (name, c) in &self.clusters {
+            if c.cluster_discovery_type
+                == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+            {
+                let service = c
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.clone())
+                    .filter(|s| !s.is_empty());
+                w.endpoints.insert(service.unwrap_or_else(|| name.clone()));
+            }
+        }
+        for r in self.routes.values() {
+            for action in r
+                .virtual_hosts
+                .iter()
+                .flat_map(|v| &v.routes)
+                .filter_map(|r| match &r.action {
+                    Some(envoy_types::pb::envoy::config::route::v3::route::Action::Route(a)) => {
+                        Some(a)
+                    }
+                    _ => None,
+                })
+            {
+                use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+                match &action.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => {
+                        w.clusters.insert(c.clone());
+                    }
+                    Some(ClusterSpecifier::WeightedClusters(wc)) => {
+                        w.clusters
+                            .extend(wc.clusters.iter().map(|c| c.name.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        w
+    }
+
+    /// What `wanted()` names that these resources (and `also`, clusters
+    /// defined elsewhere, such as a proxy's own file) do not hold.
+    pub fn missing(&self, also: &std::collections::BTreeSet<String>) -> Wanted {
+        let w = self.wanted();
+        Wanted {
+            routes: w
+                .routes
+                .into_iter()
+                .filter(|n| !self.routes.contains_key(n))
+                .collect(),
+            endpoints: w
+                .endpoints
+                .into_iter()
+                .filter(|n| !self.endpoints.contains_key(n))
+                .collect(),
+            clusters: w
+                .clusters
+                .into_iter()
+                .filter(|n| !self.clusters.contains_key(n) && !also.contains(n))
+                .collect(),
+        }
+    }
+}
+
+impl Wanted {
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.endpoints.is_empty() && self.clusters.is_empty()
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        let list = |s: &std::collections::BTreeSet<String>| {
+            s.iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.routes.is_empty() {
+            parts.push(format!("route configurations {}", list(&self.routes)));
+        }
+        if !self.clusters.is_empty() {
+            parts.push(format!("clusters {}", list(&self.clusters)));
+        }
+        if !self.endpoints.is_empty() {
+            parts.push(format!("endpoints of {}", list(&self.endpoints)));
+        }
+        write!(f, "{}", parts.join("; "))
+    }
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod check;
+mod control;
 mod demo;
 mod logs;
 mod run;
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Start demo backends and a proxy in front of them, and print what to try.
     Demo(demo::Args),
+    /// The control plane: serve the YAML in DIR over xDS v3 (ADS) to Skiff, Envoy and proxyless gRPC.
+    Control(control::Args),
     /// A mesh CA and SPIFFE workload certificates (PEM files for `identity:`).
     #[command(subcommand)]
     Certs(certs::Certs),
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
             run::run(&config)
         }
         Command::Certs(c) => certs::certs(c),
+        Command::Control(args) => control::control(args),
         Command::Demo(args) => demo::demo(args),
     }
 }

@@ -36,13 +36,24 @@ pub(super) fn run(path: &Path) -> ExitCode {
             for warning in snapshot.config.warnings() {
                 warn!(source = %snapshot.source, "{warning}");
             }
+            let feed = snapshot.config.control.clone();
             let mut bound = crate::build_from(snapshot).await?;
-            bound.watch_file(
-                path.to_path_buf(),
-                skiff_control::source::file::POLL_INTERVAL,
-                skiff_control::Vars::process(),
-            );
-            info!("ready; watching the config file for changes");
+            match feed {
+                // The file holds the proxy's own part, read once; the rest
+                // comes and changes over the feed.
+                Some(feed) => {
+                    bound.watch_feed();
+                    info!(address = %feed.address, "listening; taking config from the control plane");
+                }
+                None => {
+                    bound.watch_file(
+                        path.to_path_buf(),
+                        skiff_control::source::file::POLL_INTERVAL,
+                        skiff_control::Vars::process(),
+                    );
+                    info!("ready; watching the config file for changes");
+                }
+            }
             shutdown.await;
             info!("draining");
             bound.drain();
