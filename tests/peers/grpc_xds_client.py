@@ -110,6 +110,9 @@ def main():
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="request metadata, repeatable")
     p.add_argument("--interval", type=float, default=0.0, help="seconds between calls")
+    p.add_argument("--until-instance", metavar="NAME",
+                   help="stop at the first reply from backend instance NAME (--calls is then "
+                        "the most calls made); exit 1 if it never answers")
     p.add_argument("--wait-for-ready", action="store_true",
                    help="queue calls while the channel is not READY (until the deadline) "
                         "instead of failing fast with UNAVAILABLE")
@@ -170,6 +173,8 @@ def main():
                 ok += 1
                 print(f"call={n} status=OK instance={inst or '-'} message={quote(f.get(1, ''))} ms={ms}",
                       flush=True)
+                if a.until_instance and inst == a.until_instance:
+                    break
             except grpc.RpcError as e:
                 ms = int((time.monotonic() - start) * 1000)
                 failed += 1
@@ -180,7 +185,8 @@ def main():
 
     inst = ",".join(f"{k or '-'}:{v}" for k, v in sorted(instances.items()))
     print(f"summary ok={ok} failed={failed} instances={inst}", flush=True)
-    return 0 if failed == 0 else 1
+    reached = not a.until_instance or a.until_instance in instances
+    return 0 if failed == 0 and reached else 1
 
 
 if __name__ == "__main__":

@@ -185,3 +185,66 @@ clusters:
 "
     )
 }
+
+/// The `i`th config of the zero-loss tests (live reconfiguration and the
+/// control feed): each differs from the one
+/// before in one of the ways configs change in a mesh.
+pub fn change(i: usize, a: SocketAddr, b: SocketAddr, g: SocketAddr) -> String {
+    let (web, extra_route, side, policy) = match i % 5 {
+        // Endpoints: a alone, then a and b, then b alone.
+        0 => (format!("[{a}]"), false, false, ""),
+        1 => (format!("[{a}, {b}]"), true, false, ""),
+        2 => (
+            format!("[{{ address: \"{b}\", weight: 3 }}, {a}]"),
+            true,
+            false,
+            "    circuit_breaker: { max_requests: 500 }",
+        ),
+        3 => (
+            format!("[{b}]"),
+            false,
+            true,
+            "    circuit_breaker: { max_requests: 900 }\n    retry_budget: { ratio: 0.5 }",
+        ),
+        _ => (format!("[{a}, {b}]"), false, false, "    lb: least_request"),
+    };
+    let weights = if i.is_multiple_of(2) {
+        (90, 10)
+    } else {
+        (10, 90)
+    };
+    let side = if side {
+        "\n  - { name: side, address: 127.0.0.1:0, routes: main }"
+    } else {
+        ""
+    };
+    let extra = if extra_route {
+        "    - match: { path: { prefix: /extra } }\n      cluster: web\n"
+    } else {
+        ""
+    };
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, routes: main }}{side}
+routes:
+  main:
+    - match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
+      cluster: greeter
+{extra}    - split:
+        - {{ cluster: web, weight: {} }}
+        - {{ cluster: also, weight: {} }}
+      retry: {{ attempts: 2, on: [connect-failure, reset] }}
+clusters:
+  greeter:
+    protocol: http2
+    endpoints: [{g}]
+  web:
+    endpoints: {web}
+{policy}
+  also:
+    endpoints: [{a}]
+",
+        weights.0, weights.1
+    )
+}

@@ -13,7 +13,10 @@
 //!   (hold a request until the test opens it);
 //! * [`client`]: HTTP/1.1 and h2c clients on one connection, and raw TCP
 //!   helpers for requests hyper would not send;
-//! * [`proxy`]: [`Proxy::start`] builds the proxy from YAML text;
+//! * [`proxy`]: [`Proxy::start`] builds the proxy from YAML text, and
+//!   [`Proxy::fed`] one that takes its config from a control plane;
+//! * [`control`]: [`Control::start`] runs `skiff control` on a temporary
+//!   directory the test writes to;
 //! * [`config`]: [`Config`] writes the YAML of the common one-route,
 //!   one-cluster shape, so a test spells out only the keys it is about;
 //! * [`body`]: request bodies (fixed, chunked, large generated ones) and sha256.
@@ -29,13 +32,16 @@ pub mod backend;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod handlers;
 pub mod proxy;
+pub mod traffic;
 
 pub use backend::{Backend, Greeter, Listening, TcpServer};
 pub use body::{BoxBody, BoxError, sha256_hex};
 pub use client::{Client, Collected};
 pub use config::Config;
+pub use control::Control;
 pub use handlers::{Echo, Gate, Seen};
 pub use proxy::Proxy;
 

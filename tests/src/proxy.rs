@@ -29,6 +29,51 @@ impl Proxy {
         }
     }
 
+    /// A proxy with `control: { address: control_url, node }` and nothing
+    /// else but an admin port: everything else comes over xDS. Returns at
+    /// once; [`Proxy::wait_applied`] waits for configs from the feed.
+    pub async fn fed(control_url: &str, node: &str) -> Self {
+        Self::fed_with(control_url, node, "").await
+    }
+
+    /// [`Proxy::fed`] with `more` YAML in the proxy's own file.
+    pub async fn fed_with(control_url: &str, node: &str, more: &str) -> Self {
+        crate::init_tracing();
+        let yaml = format!(
+            "admin: {{ address: 127.0.0.1:0 }}\ncontrol: {{ address: \"{control_url}\", node: {node} }}\n{more}"
+        );
+        let config = skiff_control::load_str(&yaml, "test.yaml")
+            .unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config ---\n{yaml}"));
+        let snapshot = skiff_control::Snapshot {
+            version: 1,
+            source: "test.yaml".to_owned(),
+            config,
+        };
+        let mut bound = crate::guard("skiff::build_from", skiff::build_from(snapshot))
+            .await
+            .unwrap_or_else(|e| panic!("skiff::build_from failed: {e}"));
+        bound.watch_feed();
+        Self {
+            bound,
+            next_version: std::sync::atomic::AtomicU64::new(2),
+        }
+    }
+
+    /// The control feed's state (a proxy made by [`Proxy::fed`]).
+    pub fn feed(&self) -> std::sync::Arc<skiff_control::source::xds::FeedStatus> {
+        self.bound.feed().expect("the proxy has no control feed")
+    }
+
+    /// Resolves once `n` configs from the feed have been applied.
+    pub async fn wait_applied(&self, n: u64) {
+        let feed = self.feed();
+        crate::guard(
+            &format!("{n} configs applied from the control plane"),
+            feed.wait_for(|s| s.applied >= n),
+        )
+        .await;
+    }
+
     /// Applies `yaml` while traffic flows, as a config source does; the
     /// proxy's reason when it refuses it. `yaml` itself must be valid.
     pub fn apply(&self, yaml: &str) -> Result<(), String> {

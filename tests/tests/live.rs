@@ -5,16 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::Request;
-use integration_tests::body::empty;
 use integration_tests::client::{greeter_client, hello};
 use integration_tests::handlers::Gate;
+use integration_tests::traffic::Steady;
 use integration_tests::{Backend, Client, Greeter, Proxy, guard};
 use skiff_examples::pb::HelloRequest;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// One listener `main` → table `main` → cluster `web`, with `extra` YAML
 /// appended to the cluster and `more` appended to the whole config.
@@ -243,51 +240,11 @@ async fn zero_loss_under_twenty_changes() {
     let a = Backend::named("a").spawn().await;
     let b = Backend::named("b").spawn().await;
     let g = Greeter::spawn("g").await;
-    let config = |i: usize| change(i, a.addr(), b.addr(), g.addr());
+    let config = |i: usize| integration_tests::config::change(i, a.addr(), b.addr(), g.addr());
     let proxy = Proxy::start(&config(0)).await;
     let main = proxy.main();
 
-    // Clients that loop until told to stop, counting what they did and
-    // sending every failure to `failures`.
-    let (stop_tx, stop) = watch::channel(false);
-    let (fail_tx, mut failures) = mpsc::unbounded_channel::<String>();
-    let done = Arc::new([
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-    ]);
-    let mut clients = Vec::new();
-    for (k, protocol) in ["http1", "h2c", "grpc"].into_iter().enumerate() {
-        let (stop, fail, done) = (stop.clone(), fail_tx.clone(), done.clone());
-        clients.push(tokio::spawn(async move {
-            let mut http = match protocol {
-                "http1" => Some(Client::http1(main).await),
-                "h2c" => Some(Client::h2c(main).await),
-                _ => None,
-            };
-            let mut grpc = greeter_client(main).await;
-            while !*stop.borrow() {
-                let result = match &mut http {
-                    Some(c) => {
-                        let rsp = c.request(Request::get("/").body(empty()).unwrap()).await;
-                        match rsp.status.as_u16() {
-                            200 => Ok(()),
-                            s => Err(format!("{protocol}: {s} {:?}", rsp.header("skiff-error"))),
-                        }
-                    }
-                    None => grpc
-                        .say_hello(hello("zero", 0))
-                        .await
-                        .map(drop)
-                        .map_err(|s| format!("grpc: {s}")),
-                };
-                if let Err(why) = result {
-                    let _ = fail.send(why);
-                }
-                done[k].fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let steady = Steady::start(main).await;
 
     // The long stream: one Chat message and its reply per change.
     let mut chat_client = greeter_client(main).await;
@@ -319,22 +276,9 @@ async fn zero_loss_under_twenty_changes() {
             .unwrap();
         assert_eq!(reply.message, format!("Hello, change {i}!"));
         // Every client completes requests under this config before the next.
-        let before: Vec<usize> = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
-        guard("each client to make progress", async {
-            while done
-                .iter()
-                .zip(&before)
-                .any(|(d, b)| d.load(Ordering::Relaxed) < b + 3)
-            {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        steady.progress().await;
     }
-    stop_tx.send_replace(true);
-    for c in clients {
-        c.await.unwrap();
-    }
+    let (total, all) = steady.stop().await;
     drop(chat_tx);
     assert!(
         guard("the Chat stream to end", replies.message())
@@ -342,80 +286,12 @@ async fn zero_loss_under_twenty_changes() {
             .unwrap()
             .is_none()
     );
-    drop(fail_tx);
-    let mut all = Vec::new();
-    while let Some(f) = failures.recv().await {
-        all.push(f);
-    }
-    let total: usize = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
     assert!(
         all.is_empty(),
         "{} of {total} requests failed: {all:?}",
         all.len()
     );
     assert!(total >= 180, "{total} requests");
-}
-
-/// The `i`th config of the zero-loss test: each differs from the one
-/// before in one of the ways configs change in a mesh.
-fn change(i: usize, a: SocketAddr, b: SocketAddr, g: SocketAddr) -> String {
-    let (web, extra_route, side, policy) = match i % 5 {
-        // Endpoints: a alone, then a and b, then b alone.
-        0 => (format!("[{a}]"), false, false, ""),
-        1 => (format!("[{a}, {b}]"), true, false, ""),
-        2 => (
-            format!("[{{ address: \"{b}\", weight: 3 }}, {a}]"),
-            true,
-            false,
-            "    circuit_breaker: { max_requests: 500 }",
-        ),
-        3 => (
-            format!("[{b}]"),
-            false,
-            true,
-            "    circuit_breaker: { max_requests: 900 }\n    retry_budget: { ratio: 0.5 }",
-        ),
-        _ => (format!("[{a}, {b}]"), false, false, "    lb: least_request"),
-    };
-    let weights = if i.is_multiple_of(2) {
-        (90, 10)
-    } else {
-        (10, 90)
-    };
-    let side = if side {
-        "\n  - { name: side, address: 127.0.0.1:0, routes: main }"
-    } else {
-        ""
-    };
-    let extra = if extra_route {
-        "    - match: { path: { prefix: /extra } }\n      cluster: web\n"
-    } else {
-        ""
-    };
-    format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-listeners:
-  - {{ name: main, address: 127.0.0.1:0, routes: main }}{side}
-routes:
-  main:
-    - match: {{ path: {{ prefix: /skiff.demo.v1.Greeter/ }} }}
-      cluster: greeter
-{extra}    - split:
-        - {{ cluster: web, weight: {} }}
-        - {{ cluster: also, weight: {} }}
-      retry: {{ attempts: 2, on: [connect-failure, reset] }}
-clusters:
-  greeter:
-    protocol: http2
-    endpoints: [{g}]
-  web:
-    endpoints: {web}
-{policy}
-  also:
-    endpoints: [{a}]
-",
-        weights.0, weights.1
-    )
 }
 
 /// A listener renamed in place keeps its socket, and a connection opened

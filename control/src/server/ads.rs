@@ -245,6 +245,7 @@ async fn run<S: Session>(
                     continue; // Nothing to serve yet; answered once there is.
                 }
                 let served = current.for_node(&node).clone();
+                handle.update(|s| s.version = current.version);
                 if let Some(resp) = session.respond(&heard.type_url, &served, changed) {
                     let sub = session.subs().entry(heard.type_url.clone()).or_default();
                     sub.since = Some(Instant::now());
@@ -282,6 +283,7 @@ async fn run<S: Session>(
                 if closed {
                     break;
                 }
+                handle.update(|s| s.version = current.version);
             }
         }
     }

@@ -188,6 +188,7 @@ fn reload(
                 errors: Vec::new(),
             };
             *current = Some(catalog);
+            registry.touch();
         }
         Err(errors) => {
             let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
@@ -203,6 +204,8 @@ fn reload(
                 warn!(problem = %line, "directory change refused; clients keep the last good config");
             }
             status.errors = lines;
+            drop(status);
+            registry.touch();
         }
     }
 }

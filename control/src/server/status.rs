@@ -15,13 +15,27 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 /// Every open stream, by a process-unique id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     streams: Mutex<BTreeMap<u64, Arc<Mutex<Stream>>>>,
     next: AtomicU64,
     pub metrics: Metrics,
     /// The directory's state: its version, and the last change refused.
     pub catalog: Mutex<CatalogStatus>,
+    /// Bumped on every change of the above, for [`Registry::wait_for`].
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            streams: Mutex::default(),
+            next: AtomicU64::default(),
+            metrics: Metrics::default(),
+            catalog: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// The directory as last read.
@@ -44,6 +58,9 @@ pub struct Stream {
     pub protocol: &'static str,
     pub peer: String,
     pub connected_at: u64,
+    /// The directory version this stream has caught up with (sent what it
+    /// changed; the ACKs may still be on their way).
+    pub version: u64,
     /// By short type name (`Cluster`, `ClusterLoadAssignment`, ...).
     pub types: BTreeMap<String, TypeStatus>,
     pub last_nack: Option<Nack>,
@@ -80,12 +97,14 @@ impl Drop for Handle {
             .metrics
             .connected
             .fetch_sub(1, Ordering::Relaxed);
+        self.registry.touch();
     }
 }
 
 impl Handle {
     pub fn update(&self, f: impl FnOnce(&mut Stream)) {
         f(&mut lock(&self.stream));
+        self.registry.touch();
     }
 }
 
@@ -113,15 +132,36 @@ impl Registry {
             protocol,
             peer,
             connected_at: now(),
+            version: 0,
             types: BTreeMap::new(),
             last_nack: None,
         }));
         lock(&self.streams).insert(id, stream.clone());
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         Handle {
             id,
             registry: self.clone(),
             stream,
+        }
+    }
+
+    /// Tells waiters something changed.
+    pub fn touch(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once `pred` holds of `/status` (tests and benchmarks wait
+    /// on it instead of polling).
+    pub async fn wait_for(&self, pred: impl Fn(&serde_json::Value) -> bool) {
+        let mut rx = self.changed.subscribe();
+        loop {
+            if pred(&self.status()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -210,6 +210,8 @@ struct Client {
     sotw_only: bool,
     warming_since: Option<Instant>,
     warned: bool,
+    /// Whether a config from the feed has been applied.
+    applied_once: bool,
 }
 
 impl Client {
@@ -251,6 +253,7 @@ impl Client {
             sotw_only: false,
             warming_since: None,
             warned: false,
+            applied_once: false,
         }
     }
 
@@ -581,6 +584,11 @@ impl Client {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // Nothing new (a resync after a reconnect, a response that repeats
+        // what is held): answer it without applying the same config again.
+        if self.applied_once && self.working == self.accepted {
+            return self.answer_pending(wire, Outcome::Applied).await;
+        }
         let config = match xds::decode(&self.working) {
             Ok(dynamic) => combine(&self.base, dynamic),
             Err(refusals) => Err(refusals.iter().map(ToString::to_string).collect()),
@@ -603,10 +611,20 @@ impl Client {
                 }
             }
         };
+        if outcome == Outcome::Applied {
+            self.version += 1;
+            self.applied_once = true;
+            self.status.update(|s| s.applied += 1);
+        }
+        self.answer_pending(wire, outcome).await
+    }
+
+    /// ACKs (the working copy is now what is applied) or NACKs (it is
+    /// dropped) every response not answered yet.
+    async fn answer_pending(&mut self, wire: &mut Wire, outcome: Outcome) -> Result<(), String> {
         let pending = std::mem::take(&mut self.pending);
         match outcome {
             Outcome::Applied => {
-                self.version += 1;
                 self.accepted = self.working.clone();
                 self.accepted_versions = self.working_versions.clone();
                 for (type_url, (nonce, version)) in &pending {
@@ -618,10 +636,7 @@ impl Client {
                     .iter()
                     .map(|(t, v)| (short(t).to_owned(), v.clone()))
                     .collect();
-                self.status.update(|s| {
-                    s.versions = versions;
-                    s.applied += 1;
-                });
+                self.status.update(|s| s.versions = versions);
             }
             Outcome::Rejected(problems) => {
                 let message = problems.join("\n");
