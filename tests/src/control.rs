@@ -25,6 +25,11 @@ impl Control {
             write(dir.path().join(name), text);
         }
         let running = start_on(dir.path().to_path_buf(), "127.0.0.1:0").await;
+        let status = running.registry.status();
+        assert_eq!(
+            status["catalog"]["version"], 1,
+            "the test's directory does not validate: {status:#}"
+        );
         Self {
             xds: running.xds,
             admin: running.admin,

@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod handlers;
+pub mod peers;
 pub mod proxy;
 pub mod traffic;
 
