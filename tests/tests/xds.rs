@@ -275,3 +275,100 @@ async fn zero_loss_across_twenty_pushes() {
         serde_json::Value::Null
     );
 }
+
+/// Clients that misbehave get an error where the protocol has one and
+/// disturb nobody else: one asks for a type Skiff does not serve (its
+/// stream ends with INVALID_ARGUMENT naming it), one sends bytes that are
+/// not a discovery request (INTERNAL, and the server carries on), one
+/// subscribes to everything and never reads or ACKs. Through all of it, a
+/// proxy gets every change and ACKs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_disturb_nobody_else() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let control = Control::start(&[("mesh.yaml", &web(a.addr()))]).await;
+    let proxy = Proxy::fed(&control.url(), "p1").await;
+    proxy.wait_applied(1).await;
+
+    // 1. An unknown type URL.
+    let mut raw = AggregatedDiscoveryServiceClient::connect(control.url())
+        .await
+        .unwrap();
+    let ask = DiscoveryRequest {
+        node: Some(Node {
+            id: "odd".to_owned(),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.bogus.v3.Thing".to_owned(),
+        ..Default::default()
+    };
+    let mut stream = raw
+        .stream_aggregated_resources(tokio_stream::iter(vec![ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let end = guard("the refusal", stream.message()).await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::InvalidArgument);
+    assert!(end.message().contains("bogus"), "{end}");
+
+    // 2. Not a discovery request at all: a gRPC frame of garbage.
+    let mut h2 = Client::h2c(control.xds).await;
+    let mut frame = vec![0u8, 0, 0, 0, 6];
+    frame.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let rsp = h2
+        .request(
+            http::Request::post(format!(
+                "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                control.xds
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(integration_tests::body::full(frame))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(rsp.status, 200);
+    let code = rsp.header("grpc-status").map(str::to_owned).or_else(|| {
+        let t = rsp.trailers.as_ref()?.get("grpc-status")?;
+        Some(t.to_str().ok()?.to_owned())
+    });
+    assert_eq!(code.as_deref(), Some("13"), "{rsp:?}");
+
+    // 3. A client that subscribes to everything and never reads again.
+    let (silent_tx, silent_rx) = tokio::sync::mpsc::channel(4);
+    silent_tx
+        .send(DiscoveryRequest {
+            node: Some(Node {
+                id: "silent".to_owned(),
+                ..Default::default()
+            }),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut silent = AggregatedDiscoveryServiceClient::connect(control.url())
+        .await
+        .unwrap();
+    let _unread = silent
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(silent_rx))
+        .await
+        .unwrap();
+
+    // Through it all, every change reaches the proxy.
+    for (i, at) in [b.addr(), a.addr(), b.addr(), a.addr(), b.addr()]
+        .into_iter()
+        .enumerate()
+    {
+        let version = i as u64 + 2;
+        control.write("mesh.yaml", &web(at));
+        control.wait_version(version).await;
+        control.wait_acked("p1", version, &ALL).await;
+    }
+    assert_eq!(backend_of(&proxy).await, "b");
+    drop(silent_tx);
+}

@@ -164,6 +164,8 @@ struct Other {
     /// The version to serve; the resources are `resources(version)`.
     version: watch::Receiver<Served>,
     heard: mpsc::UnboundedSender<DiscoveryRequest>,
+    /// Raw responses a test sends down every stream, as they are.
+    inject: tokio::sync::broadcast::Sender<DiscoveryResponse>,
 }
 
 /// A version and its resources, by type URL.
@@ -184,6 +186,7 @@ impl AggregatedDiscoveryService for Other {
         let (tx, rx) = mpsc::channel(16);
         let mut version = self.version.clone();
         let heard = self.heard.clone();
+        let mut inject = self.inject.subscribe();
         tokio::spawn(async move {
             let mut subscribed: BTreeMap<String, Vec<String>> = BTreeMap::new();
             let mut nonce = 0u64;
@@ -213,12 +216,19 @@ impl AggregatedDiscoveryService for Other {
                         let Ok(Some(req)) = req else { return };
                         let _ = heard.send(req.clone());
                         let before = subscribed.insert(req.type_url.clone(), req.resource_names.clone());
-                        if req.response_nonce.is_empty() || before.as_ref() != Some(&req.resource_names) {
+                        let new = req.response_nonce.is_empty() || before.as_ref() != Some(&req.resource_names);
+                        if new && req.error_detail.is_none() {
                             let (v, all) = version.borrow().clone();
                             nonce += 1;
                             if tx.send(Ok(respond(&req.type_url, v, &all, &req.resource_names, nonce))).await.is_err() {
                                 return;
                             }
+                        }
+                    }
+                    raw = inject.recv() => {
+                        let Ok(raw) = raw else { return };
+                        if tx.send(Ok(raw)).await.is_err() {
+                            return;
                         }
                     }
                     changed = version.changed() => {
@@ -249,6 +259,47 @@ impl AggregatedDiscoveryService for Other {
             "this server speaks state of the world only",
         ))
     }
+}
+
+/// Serves [`Other`] on `127.0.0.1:0`: its address, what it hears, and
+/// where to inject raw responses.
+async fn serve_other(
+    version: watch::Receiver<Served>,
+) -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<DiscoveryRequest>,
+    tokio::sync::broadcast::Sender<DiscoveryResponse>,
+) {
+    let (heard_tx, heard) = mpsc::unbounded_channel();
+    let (inject, _) = tokio::sync::broadcast::channel(64);
+    let server = Other {
+        version,
+        heard: heard_tx,
+        inject: inject.clone(),
+    };
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(socket)),
+    );
+    (addr, heard, inject)
+}
+
+/// The next NACK heard: its type, version and message.
+async fn next_nack(
+    heard: &mut mpsc::UnboundedReceiver<DiscoveryRequest>,
+) -> (String, String, String) {
+    guard("a NACK", async {
+        loop {
+            let req = heard.recv().await.unwrap();
+            if let Some(e) = req.error_detail {
+                return (req.type_url, req.version_info, e.message);
+            }
+        }
+    })
+    .await
 }
 
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -411,18 +462,7 @@ async fn a_proxy_takes_resources_from_another_control_plane() {
     let a = Backend::named("a").spawn().await;
     let b = Backend::named("b").spawn().await;
     let (set, version) = watch::channel((1, Arc::new(resources(a.addr(), None))));
-    let (heard_tx, mut heard) = mpsc::unbounded_channel();
-    let server = Other {
-        version,
-        heard: heard_tx,
-    };
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(socket)),
-    );
+    let (addr, mut heard, _inject) = serve_other(version).await;
 
     let proxy = Proxy::fed(&format!("http://{addr}"), "p1").await;
     proxy.wait_applied(1).await;
@@ -451,15 +491,7 @@ async fn a_proxy_takes_resources_from_another_control_plane() {
         2,
         Arc::new(resources(a.addr(), Some("envoy.filters.http.cors"))),
     ));
-    let nack = guard("the NACK", async {
-        loop {
-            let req: DiscoveryRequest = heard.recv().await.unwrap();
-            if let Some(e) = req.error_detail {
-                return (req.type_url, req.version_info, e.message);
-            }
-        }
-    })
-    .await;
+    let nack = next_nack(&mut heard).await;
     assert_eq!(nack.0, LISTENER);
     assert_eq!(nack.1, "1", "a NACK carries the version still applied");
     assert!(nack.2.contains("listener_0"), "{}", nack.2);
@@ -472,4 +504,122 @@ async fn a_proxy_takes_resources_from_another_control_plane() {
     proxy.wait_applied(2).await;
     let rsp = Client::http1(listener).await.get("/").await;
     assert_eq!(rsp.header("x-backend"), Some("b"));
+}
+
+/// A control plane that misbehaves never gets a half-applied config in,
+/// and never stops the proxy serving: a response of a type Skiff does not
+/// take, a resource whose bytes do not decode, a resource of another type
+/// than its response, each NACKed saying so; a route configuration naming
+/// a cluster that never comes waits (shown in `/config`) while the old
+/// config serves; the same response, same nonce, sent fifty times. Then a
+/// good config is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_control_plane_never_gets_a_half_config_in() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let (set, version) = watch::channel((1, Arc::new(resources(a.addr(), None))));
+    let (addr, mut heard, inject) = serve_other(version).await;
+    let proxy = Proxy::fed(&format!("http://{addr}"), "p1").await;
+    proxy.wait_applied(1).await;
+    let listener = proxy.try_addr("listener_0").unwrap();
+    let serves_a = || async {
+        let rsp = Client::http1(listener).await.get("/").await;
+        assert_eq!(rsp.header("x-backend"), Some("a"), "the old config serves");
+    };
+    let raw = |type_url: &str, resources: Vec<Any>, nonce: &str| DiscoveryResponse {
+        version_info: "evil".to_owned(),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce: nonce.to_owned(),
+        ..Default::default()
+    };
+
+    // A type Skiff does not take.
+    let bogus = "type.googleapis.com/envoy.config.bogus.v3.Thing";
+    inject.send(raw(bogus, vec![], "x1")).unwrap();
+    let (t, _, why) = next_nack(&mut heard).await;
+    assert_eq!(t, bogus);
+    assert!(why.contains("not one Skiff takes"), "{why}");
+
+    // Bytes that are not a Listener.
+    let garbage = Any {
+        type_url: LISTENER.to_owned(),
+        value: vec![0xff, 0xff, 0xff, 0x01],
+    };
+    inject.send(raw(LISTENER, vec![garbage], "x2")).unwrap();
+    let (t, v, why) = next_nack(&mut heard).await;
+    assert_eq!((t.as_str(), v.as_str()), (LISTENER, "1"));
+    assert!(why.contains("malformed"), "{why}");
+
+    // A Cluster in a response for listeners.
+    let cluster = resources(a.addr(), None)[CLUSTER][0].clone();
+    inject.send(raw(LISTENER, vec![cluster], "x3")).unwrap();
+    let (_, _, why) = next_nack(&mut heard).await;
+    assert!(why.contains("Cluster in a response for Listener"), "{why}");
+    serves_a().await;
+
+    // A route configuration sending to a cluster that never comes.
+    let ghost = xr::RouteConfiguration {
+        name: "local_route".to_owned(),
+        virtual_hosts: vec![xr::VirtualHost {
+            name: "v".to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![xr::Route {
+                r#match: Some(xr::RouteMatch {
+                    path_specifier: Some(xr::route_match::PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(xr::route::Action::Route(xr::RouteAction {
+                    cluster_specifier: Some(xr::route_action::ClusterSpecifier::Cluster(
+                        "ghost".to_owned(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    inject
+        .send(raw(ROUTE, vec![pack_any(ghost)], "x4"))
+        .unwrap();
+    let feed = proxy.feed();
+    guard(
+        "the proxy to say what it waits for",
+        feed.wait_for(|s| {
+            s.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("ghost"))
+        }),
+    )
+    .await;
+    let config = Client::http1(proxy.admin())
+        .await
+        .get("/config")
+        .await
+        .json();
+    let waiting = config["control"]["waiting_for"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(waiting.contains("clusters \"ghost\""), "{config:#}");
+    serves_a().await;
+
+    // The same response, with the same nonce, again and again.
+    let endpoints = resources(a.addr(), None)[ENDPOINT].clone();
+    for _ in 0..50 {
+        inject
+            .send(raw(ENDPOINT, endpoints.clone(), "same"))
+            .unwrap();
+    }
+    serves_a().await;
+    assert_eq!(proxy.feed().get().applied, 1);
+
+    // A good config replaces all of it.
+    set.send_replace((2, Arc::new(resources(b.addr(), None))));
+    proxy.wait_applied(2).await;
+    let rsp = Client::http1(listener).await.get("/").await;
+    assert_eq!(rsp.header("x-backend"), Some("b"));
+    assert_eq!(proxy.feed().get().waiting_for, None);
 }

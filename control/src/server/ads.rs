@@ -186,7 +186,15 @@ async fn run<S: Session>(
                     Ok(Some(req)) => req,
                     Ok(None) => break,
                     Err(status) => {
-                        debug!(node = ?session.node(), error = %status, "ADS stream ended");
+                        // A request that does not decode, or the client gone:
+                        // say why (if anyone still listens) and end the stream.
+                        match status.code() {
+                            tonic::Code::Internal | tonic::Code::InvalidArgument => {
+                                warn!(node = ?session.node(), error = %status, "ADS stream ended by a bad request");
+                            }
+                            _ => debug!(node = ?session.node(), error = %status, "ADS stream ended"),
+                        }
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

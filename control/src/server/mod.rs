@@ -16,6 +16,8 @@ pub mod ads;
 pub mod catalog;
 pub mod served;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -252,3 +252,49 @@ fn leftover_names_the_fields_still_set() {
     c.name = "x".to_owned();
     assert_eq!(leftover(&c), ["name", "ignore_health_on_host_removal"]);
 }
+
+#[test]
+fn a_grpc_target_gets_an_api_listener_of_the_routes_for_its_host() {
+    let config = crate::load_str(
+        r#"
+routes:
+  a:
+    - match: { host: greeter, path: { prefix: /skiff.demo.v1.Greeter/ } }
+      cluster: g
+      rate_limit: { requests_per_second: 5 }
+    - cluster: web
+  b:
+    - match: { host: "*.example.com" }
+      cluster: web
+clusters:
+  g: { protocol: http2, endpoints: [127.0.0.1:1] }
+  web: { endpoints: [127.0.0.1:2] }
+"#,
+        "grpc.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (listener, table) = api_listener("greeter", &config).unwrap_or_else(|| panic!("none"));
+    assert_eq!(listener.name, "greeter");
+    let api = listener.api_listener.and_then(|a| a.api_listener);
+    let hcm: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+        unpack(&api.unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, [names::ROUTER], "gRPC gets the router alone");
+    assert_eq!(table.name, "greeter");
+    assert_eq!(table.virtual_hosts.len(), 1);
+    let vh = &table.virtual_hosts[0];
+    assert_eq!(vh.domains, ["greeter"]);
+    assert_eq!(
+        vh.routes.len(),
+        1,
+        "only the route whose host is the target"
+    );
+    assert!(
+        vh.routes[0].typed_per_filter_config.is_empty(),
+        "gRPC has no local rate limit"
+    );
+    // A wildcard host matches a target under it, with or without a port.
+    assert!(api_listener("api.example.com:443", &config).is_some());
+    assert!(api_listener("example.com", &config).is_none());
+    assert!(api_listener("nothing", &config).is_none());
+}
