@@ -731,7 +731,7 @@ pub struct Tracing {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlFeed {
-    /// The control server, `http://host:port` (gRPC over plaintext HTTP/2).
+    /// The control server, `host:port` or `http://host:port` (gRPC over plaintext HTTP/2).
     pub address: String,
     /// The node id this Skiff gives the control server; absent: the host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

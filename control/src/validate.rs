@@ -134,22 +134,28 @@ impl Checker {
             }
         }
         if let Some(feed) = &config.control {
-            let scheme = feed
+            let rest = feed
                 .address
                 .strip_prefix("http://")
-                .or_else(|| feed.address.strip_prefix("https://"));
-            match scheme {
-                None => self.at_value(
+                .unwrap_or(&feed.address)
+                .trim_end_matches('/');
+            let port = rest.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if rest.contains("://") {
+                self.at_value(
                     "control.address",
                     format!(
-                        "{:?}: the control server as a URL, http://host:port (e.g. http://skiff-control:15010)",
+                        "{:?}: the control feed is plaintext gRPC: host:port or http://host:port",
                         feed.address
                     ),
-                ),
-                Some(rest) if rest.trim_end_matches('/').rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) => {
-                    self.at_value("control.address", format!("{:?}: needs a host and a port", feed.address))
-                }
-                Some(_) => {}
+                );
+            } else if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
+                self.at_value(
+                    "control.address",
+                    format!(
+                        "{:?}: the control server as host:port or http://host:port (e.g. http://skiff-control:15010)",
+                        feed.address
+                    ),
+                );
             }
             if feed.node.as_deref().is_some_and(|n| n.trim().is_empty()) {
                 self.at_value(

@@ -70,7 +70,6 @@ fn every_key_yaml_is_a_config() {
             "clusters.canary.discovery: not supported yet",
             "clusters.canary.dns: not supported yet",
             "clusters.db.discovery: not supported yet",
-            "control: not supported yet",
         ]
     );
 }

@@ -988,14 +988,14 @@ fn cases() -> Vec<Case> {
         ),
         (
             "control",
-            small_plus("control: { address: \"127.0.0.1:15010\", node: \" \" }\n"),
+            small_plus("control: { address: \"https://x:1\", node: \" \" }\n"),
             vec![
                 (
                     11,
                     21,
-                    "control.address: \"127.0.0.1:15010\": the control server as a URL",
+                    "control.address: \"https://x:1\": the control feed is plaintext gRPC",
                 ),
-                (11, 46, "control.node: an empty node id"),
+                (11, 42, "control.node: an empty node id"),
             ],
         ),
         // --- ${VAR} ---

@@ -225,9 +225,14 @@ impl Client {
         tx: mpsc::Sender<Delivery>,
         status: Arc<FeedStatus>,
     ) -> Self {
+        // `host:port` is taken as plaintext gRPC, as Envoy's bootstrap does.
+        let address = match feed.address.contains("://") {
+            true => feed.address,
+            false => format!("http://{}", feed.address),
+        };
         Self {
-            source: format!("control:{}", feed.address),
-            address: feed.address,
+            source: format!("control:{address}"),
+            address,
             node: Node {
                 id: node,
                 cluster: "skiff".to_owned(),

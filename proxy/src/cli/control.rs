@@ -11,7 +11,7 @@ use tracing::info;
 pub(super) struct Args {
     /// The directory of YAML to serve (`listeners`, `routes`, `clusters`), merged by name
     /// across files; a subdirectory named after a node id holds resources for that node alone.
-    #[arg(long, env = "SKIFF_CONTROL_DIR")]
+    #[arg(long, env = "SKIFF_CONTROL_DIR", hide_env_values = true)]
     dir: PathBuf,
     /// Where clients connect for the xDS v3 aggregated discovery service (gRPC, plaintext).
     #[arg(long, default_value = "0.0.0.0:15010")]
