@@ -57,6 +57,11 @@ pub struct Ads {
 
 type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A response on its way out, boxed: a channel allocates its slots up
+/// front, and a response or a `Status` inline is hundreds of bytes each,
+/// kilobytes per stream for slots that are mostly empty.
+type Queued<T> = Result<Box<T>, Box<Status>>;
+
 /// Responses a stream may have queued before it stops reading requests:
 /// a client that does not read is not sent more than this.
 const QUEUE: usize = 16;
@@ -92,7 +97,7 @@ impl Ads {
     {
         let peer = peer(&request);
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel::<Queued<S::Resp>>(QUEUE);
         let handle = self.registry.open(S::NAME, peer);
         tokio::spawn(run(
             S::default(),
@@ -102,7 +107,11 @@ impl Ads {
             self.registry.clone(),
             handle,
         ));
-        Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let out =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |q| {
+                q.map(|r| *r).map_err(|s| *s)
+            });
+        Response::new(Box::pin(out))
     }
 }
 
@@ -171,7 +180,7 @@ trait Session: Send + 'static {
 async fn run<S: Session>(
     mut session: S,
     mut inbound: Streaming<S::Req>,
-    tx: mpsc::Sender<Result<S::Resp, Status>>,
+    tx: mpsc::Sender<Queued<S::Resp>>,
     mut published: watch::Receiver<Arc<Published>>,
     registry: Arc<Registry>,
     handle: Handle,
@@ -194,7 +203,7 @@ async fn run<S: Session>(
                             }
                             _ => debug!(node = ?session.node(), error = %status, "ADS stream ended"),
                         }
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(Box::new(status))).await;
                         break;
                     }
                 };
@@ -209,11 +218,11 @@ async fn run<S: Session>(
                 if !xds::TYPES.contains(&heard.type_url.as_str()) {
                     warn!(node = ?session.node(), type_url = %heard.type_url, "request for a type Skiff does not serve; closing the stream");
                     let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
+                        .send(Err(Box::new(Status::invalid_argument(format!(
                             "unknown type URL {:?}: this server serves {}",
                             heard.type_url,
                             xds::TYPES.join(", ")
-                        ))))
+                        )))))
                         .await;
                     break;
                 }
@@ -259,7 +268,7 @@ async fn run<S: Session>(
                     sub.since = Some(Instant::now());
                     record(&handle, &heard.type_url, sub);
                     metrics.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if tx.send(Ok(resp)).await.is_err() {
+                    if tx.send(Ok(Box::new(resp))).await.is_err() {
                         break;
                     }
                 }
@@ -282,7 +291,7 @@ async fn run<S: Session>(
                         sub.since = current.at;
                         record(&handle, type_url, sub);
                         metrics.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if tx.send(Ok(resp)).await.is_err() {
+                        if tx.send(Ok(Box::new(resp))).await.is_err() {
                             closed = true;
                             break;
                         }

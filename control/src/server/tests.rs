@@ -135,3 +135,4 @@ fn versions_depend_on_content_alone() {
     );
     assert_ne!(other[1], first[1], "endpoints did");
 }
+
