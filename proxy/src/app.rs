@@ -300,7 +300,12 @@ impl Bound {
         let task = tokio::spawn(async move {
             while let Some(delivery) = updates.recv().await {
                 if shared.deliver("control", delivery) {
-                    shared.ready.store(true, Ordering::Release);
+                    // Under the lock `drain` takes: a drain that started
+                    // meanwhile keeps /ready at 503.
+                    let base = shared.base.lock().unwrap_or_else(|p| p.into_inner());
+                    if base.is_some() {
+                        shared.ready.store(true, Ordering::Release);
+                    }
                 }
             }
             client.abort();
@@ -316,14 +321,13 @@ impl Bound {
     /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
     /// listeners close, open connections are asked to finish.
     pub fn drain(&self) {
-        self.shared.ready.store(false, Ordering::Release);
         // The base watch counts as work in flight: let it go, and let no
-        // new listener start.
-        self.shared
-            .base
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        // new listener start. /ready turns 503 under the same lock, so a
+        // config applied meanwhile cannot turn it back.
+        let mut base = self.shared.base.lock().unwrap_or_else(|p| p.into_inner());
+        base.take();
+        self.shared.ready.store(false, Ordering::Release);
+        drop(base);
         self.signal.drain();
     }
 

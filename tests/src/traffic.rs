@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Request;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::body::empty;
@@ -19,6 +19,8 @@ pub struct Steady {
     stop: watch::Sender<bool>,
     failures: mpsc::UnboundedReceiver<String>,
     done: Arc<[AtomicUsize; 3]>,
+    /// Woken after every request, for [`Steady::progress`].
+    moved: Arc<Notify>,
     clients: Vec<JoinHandle<()>>,
 }
 
@@ -31,9 +33,11 @@ impl Steady {
             AtomicUsize::new(0),
             AtomicUsize::new(0),
         ]);
+        let moved = Arc::new(Notify::new());
         let mut clients = Vec::new();
         for (k, protocol) in ["http1", "h2c", "grpc"].into_iter().enumerate() {
             let (stopped, fail, done) = (stopped.clone(), fail_tx.clone(), done.clone());
+            let moved = moved.clone();
             clients.push(tokio::spawn(async move {
                 let mut http = match protocol {
                     "http1" => Some(Client::http1(addr).await),
@@ -62,6 +66,7 @@ impl Steady {
                         let _ = fail.send(why);
                     }
                     done[k].fetch_add(1, Ordering::Relaxed);
+                    moved.notify_waiters();
                 }
             }));
         }
@@ -69,6 +74,7 @@ impl Steady {
             stop,
             failures,
             done,
+            moved,
             clients,
         }
     }
@@ -81,13 +87,21 @@ impl Steady {
             .map(|d| d.load(Ordering::Relaxed))
             .collect();
         guard("each client to make progress", async {
-            while self
-                .done
-                .iter()
-                .zip(&before)
-                .any(|(d, b)| d.load(Ordering::Relaxed) < b + 3)
-            {
-                tokio::task::yield_now().await;
+            loop {
+                // Registered before the check, so a request finishing in
+                // between still wakes us.
+                let woken = self.moved.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                let behind = self
+                    .done
+                    .iter()
+                    .zip(&before)
+                    .any(|(d, b)| d.load(Ordering::Relaxed) < b + 3);
+                if !behind {
+                    return;
+                }
+                woken.await;
             }
         })
         .await;

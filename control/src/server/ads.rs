@@ -57,6 +57,11 @@ pub struct Ads {
 
 type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The most resource names a request may carry. A proxy names the route
+/// configurations and clusters it uses; a request naming more is hostile,
+/// and each name costs a lookup on every push.
+const MAX_NAMES: usize = 10_000;
+
 /// A response on its way out, boxed: a channel allocates its slots up
 /// front, and a response or a `Status` inline is hundreds of bytes each,
 /// kilobytes per stream for slots that are mostly empty.
@@ -134,6 +139,8 @@ struct Sub {
     held: BTreeMap<String, String>,
     /// When the change that caused the last response happened.
     since: Option<Instant>,
+    /// Whether the client has asked for this type on this stream.
+    requested: bool,
 }
 
 /// What a stream remembers, whichever the protocol.
@@ -154,6 +161,8 @@ struct Heard {
     version: String,
     nack: Option<String>,
     node: Option<String>,
+    /// How many resource names the request carries.
+    names: usize,
 }
 
 /// One protocol's side of a stream.
@@ -188,6 +197,7 @@ async fn run<S: Session>(
     Streaming<S::Req>: Send,
 {
     let metrics = &registry.metrics;
+    let mut unknown: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -216,18 +226,33 @@ async fn run<S: Session>(
                     *session.node() = Some(id);
                 }
                 if !xds::TYPES.contains(&heard.type_url.as_str()) {
-                    warn!(node = ?session.node(), type_url = %heard.type_url, "request for a type Skiff does not serve; closing the stream");
+                    // Envoy may put secrets or runtime on the same stream:
+                    // say so once, and go on serving the types there are
+                    // (it waits out its fetch timeout for the rest).
+                    if unknown.insert(heard.type_url.clone()) {
+                        warn!(node = ?session.node(), type_url = %heard.type_url, "request for a type Skiff does not serve ({}); not answered", xds::TYPES.join(", "));
+                    }
+                    continue;
+                }
+                if heard.names > MAX_NAMES {
+                    warn!(node = ?session.node(), names = heard.names, "a subscription to more names than a client needs; closing the stream");
                     let _ = tx
                         .send(Err(Box::new(Status::invalid_argument(format!(
-                            "unknown type URL {:?}: this server serves {}",
-                            heard.type_url,
-                            xds::TYPES.join(", ")
+                            "{} resource names in one request; at most {MAX_NAMES}",
+                            heard.names
                         )))))
                         .await;
                     break;
                 }
                 let sub = session.subs().entry(heard.type_url.clone()).or_default();
-                if !heard.nonce.is_empty() && heard.nonce == sub.nonce {
+                // A reply to the last response is an ACK or a NACK; in SotW,
+                // only if it names the version sent: a request that changes
+                // the subscription while a response is being applied carries
+                // the last nonce and the version still applied.
+                let reply = !heard.nonce.is_empty()
+                    && heard.nonce == sub.nonce
+                    && (heard.nack.is_some() || S::NAME == "delta" || sub.sent.as_deref() == Some(heard.version.as_str()));
+                if reply {
                     match &heard.nack {
                         Some(message) => {
                             metrics.nacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -252,8 +277,8 @@ async fn run<S: Session>(
                         }
                     }
                 } else if !heard.nonce.is_empty() {
-                    // A reply to an older response: superseded, nothing to do.
-                    debug!(type_url = short(&heard.type_url), "stale nonce");
+                    // A reply to an older response, or a subscription change.
+                    debug!(type_url = short(&heard.type_url), "not an ACK or NACK of the last response");
                 }
                 let changed = session.subscribe(req);
                 let node = session.node().clone().unwrap_or_default();
@@ -365,17 +390,13 @@ impl Session for Sotw {
             version: req.version_info.clone(),
             nack: req.error_detail.as_ref().map(rpc_message),
             node: req.node.as_ref().map(|n| n.id.clone()),
+            names: req.resource_names.len(),
         }
     }
 
     fn subscribe(&mut self, req: DiscoveryRequest) -> bool {
-        let first = !self.0.types.contains_key(&req.type_url)
-            || self
-                .0
-                .types
-                .get(&req.type_url)
-                .is_some_and(|s| s.nonce.is_empty());
         let sub = self.0.types.entry(req.type_url).or_default();
+        let first = !std::mem::replace(&mut sub.requested, true);
         let star = req.resource_names.iter().any(|n| n == "*");
         // An empty first request is a wildcard (the legacy form); an empty
         // later one keeps a wildcard a wildcard, and unsubscribes names.
@@ -456,17 +477,13 @@ impl Session for Delta {
             version: String::new(),
             nack: req.error_detail.as_ref().map(rpc_message),
             node: req.node.as_ref().map(|n| n.id.clone()),
+            names: req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len(),
         }
     }
 
     fn subscribe(&mut self, req: DeltaDiscoveryRequest) -> bool {
-        let first = !self.0.types.contains_key(&req.type_url)
-            || self
-                .0
-                .types
-                .get(&req.type_url)
-                .is_some_and(|s| s.nonce.is_empty() && s.held.is_empty());
         let sub = self.0.types.entry(req.type_url).or_default();
+        let first = !std::mem::replace(&mut sub.requested, true);
         let before = (sub.wildcard, sub.names.clone());
         if first {
             // What the client kept from an earlier stream (another replica):
@@ -514,12 +531,23 @@ impl Session for Delta {
                 ..Default::default()
             })
             .collect();
-        let removed: Vec<String> = sub
+        let mut removed: Vec<String> = sub
             .held
             .keys()
             .filter(|n| !items.contains_key(*n))
             .cloned()
             .collect();
+        // A name asked for that does not exist is said to be removed, once
+        // per subscription change: a client waiting for it hears so at once
+        // instead of waiting out its fetch timeout.
+        if force {
+            removed.extend(
+                sub.names
+                    .iter()
+                    .filter(|n| !items.contains_key(*n) && !sub.held.contains_key(*n))
+                    .cloned(),
+            );
+        }
         // A new subscription is answered even when there is nothing to
         // send, so a client waiting for a name that does not exist hears so.
         if resources.is_empty() && removed.is_empty() && !force && !sub.nonce.is_empty() {

@@ -40,7 +40,14 @@ pub struct Served {
     /// The config, for listeners and route configurations made on request
     /// for proxyless gRPC targets.
     config: Config,
+    /// Those made so far, by type index and name (`None`: no route's host
+    /// matches): every stream asking for a target asks again on every push.
+    made: std::sync::Mutex<std::collections::HashMap<(usize, String), Option<Item>>>,
 }
+
+/// The most gRPC targets remembered per config; past it, they are made
+/// again on each request (a client naming endless targets gets no memory).
+const MADE_MAX: usize = 10_000;
 
 impl Served {
     pub fn new(config: &Config) -> Arc<Self> {
@@ -66,6 +73,7 @@ impl Served {
         Arc::new(Self {
             types,
             config: config.clone(),
+            made: Default::default(),
         })
     }
 
@@ -85,13 +93,25 @@ impl Served {
         if type_url != xds::LISTENER && type_url != xds::ROUTE {
             return None;
         }
-        let (listener, table) = xds::api_listener(name, &self.config)?;
-        let any = match type_url {
-            xds::LISTENER => envoy_types::util::pack_any(listener),
-            _ => envoy_types::util::pack_any(table),
-        };
-        let version = version(&any);
-        Some(Item { version, any })
+        let key = (i, name.to_owned());
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = made.get(&key) {
+            return found.clone();
+        }
+        let item = xds::api_listener(name, &self.config).map(|(listener, table)| {
+            let any = match type_url {
+                xds::LISTENER => envoy_types::util::pack_any(listener),
+                _ => envoy_types::util::pack_any(table),
+            };
+            Item {
+                version: version(&any),
+                any,
+            }
+        });
+        if made.len() < MADE_MAX {
+            made.insert(key, item.clone());
+        }
+        item
     }
 }
 

@@ -135,4 +135,3 @@ fn versions_depend_on_content_alone() {
     );
     assert_ne!(other[1], first[1], "endpoints did");
 }
-

@@ -215,6 +215,11 @@ struct Client {
     warned: bool,
     /// Whether a config from the feed has been applied.
     applied_once: bool,
+    /// The type of the response being settled.
+    newest: Option<String>,
+    /// Responses NACKed whose resources are still the working copy's:
+    /// type → (nonce, version). ACKed once a config holding them applies.
+    refused: BTreeMap<String, (String, String)>,
 }
 
 impl Client {
@@ -262,6 +267,8 @@ impl Client {
             warming_since: None,
             warned: false,
             applied_once: false,
+            newest: None,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -294,11 +301,28 @@ impl Client {
             debug!(?wait, "reconnecting after");
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            // Answers owed to the old stream are owed to nobody now.
+            // Answers owed to the old stream are owed to nobody now. The
+            // new stream starts from what runs: the server sends whatever
+            // differs (a config refused before is tried again, once).
             self.pending.clear();
+            self.refused.clear();
             self.working = self.accepted.clone();
             self.working_versions = self.accepted_versions.clone();
             self.nonces.clear();
+            let wanted = self.accepted.wanted();
+            self.names = BTreeMap::from([
+                (xds::ROUTE.to_owned(), wanted.routes),
+                (xds::ENDPOINT.to_owned(), wanted.endpoints),
+            ]);
+            self.warming_since = None;
+            self.warned = false;
+            self.status.update(|s| s.waiting_for = None);
+            // A state-of-the-world server that went away may come back as
+            // another that has delta (a rolling upgrade): ask again. One
+            // that refused delta just now is not asked again at once.
+            if self.status.get().protocol == Some("sotw") {
+                self.sotw_only = false;
+            }
         }
     }
 
@@ -356,13 +380,24 @@ impl Client {
             s.connected = true;
             s.protocol = Some(protocol);
         });
+        let mut answered = false;
         loop {
             let warm_deadline = self
                 .warming_since
                 .filter(|_| !self.warned)
                 .map(|t| t + WARMING_WARN);
             let incoming = tokio::select! {
-                m = next(&mut wire) => m?,
+                m = next(&mut wire) => match m {
+                    Ok(m) => m,
+                    // A server (or a proxy before it) may refuse delta on the
+                    // stream rather than the call.
+                    Err(s) if s.code() == tonic::Code::Unimplemented && protocol == "delta" && !answered => {
+                        info!(address = %self.address, "the control server has no delta xDS; using state of the world");
+                        self.sotw_only = true;
+                        return Err(format!("delta refused: {s}"));
+                    }
+                    Err(s) => return Err(s.to_string()),
+                },
                 () = sleep_until(warm_deadline) => {
                     self.warned = true;
                     let missing = self.missing();
@@ -374,6 +409,7 @@ impl Client {
             let Some(incoming) = incoming else {
                 return Ok(());
             };
+            answered = true;
             self.on_response(incoming, &mut wire).await?;
         }
     }
@@ -466,6 +502,8 @@ impl Client {
         // 2. Fold it into the working copy.
         self.fold(&inc, fresh, versions);
         self.heard.insert(inc.type_url.clone());
+        self.newest = Some(inc.type_url.clone());
+        self.refused.remove(&inc.type_url);
         self.pending.insert(
             inc.type_url.clone(),
             (inc.nonce.clone(), inc.version.clone()),
@@ -517,7 +555,13 @@ impl Client {
     /// Subscribes to the route configurations and endpoints the working
     /// copy names (and drops what nothing names any more).
     async fn resubscribe(&mut self, wire: &mut Wire) -> Result<(), String> {
-        let wanted = self.working.wanted();
+        // What the server's latest state names, and what the running config
+        // does: after a refusal the proxy still serves the applied copy and
+        // must go on hearing about what it uses.
+        let mut wanted = self.working.wanted();
+        let running = self.accepted.wanted();
+        wanted.routes.extend(running.routes);
+        wanted.endpoints.extend(running.endpoints);
         self.working.routes.retain(|n, _| wanted.routes.contains(n));
         self.working
             .endpoints
@@ -595,68 +639,135 @@ impl Client {
         // Nothing new (a resync after a reconnect, a response that repeats
         // what is held): answer it without applying the same config again.
         if self.applied_once && self.working == self.accepted {
-            return self.answer_pending(wire, Outcome::Applied).await;
+            self.accepted_versions = self.working_versions.clone();
+            let pending = std::mem::take(&mut self.pending);
+            for (type_url, (nonce, version)) in pending {
+                self.ack(wire, &type_url, &nonce, &version).await?;
+            }
+            return Ok(());
         }
-        let config = match xds::decode(&self.working) {
+        let whole = self.working.clone();
+        let Some(outcome) = self.apply(&whole).await else {
+            return Ok(()); // The proxy stopped.
+        };
+        let problems = match outcome {
+            Outcome::Applied => {
+                self.accepted = whole;
+                self.accepted_versions = self.working_versions.clone();
+                // What was refused before and runs now (the fix came in
+                // another type) is ACKed late, with its own nonce: the
+                // server then knows what this proxy runs.
+                let mut answered = std::mem::take(&mut self.refused);
+                answered.append(&mut self.pending);
+                for (type_url, (nonce, version)) in answered {
+                    self.ack(wire, &type_url, &nonce, &version).await?;
+                }
+                return Ok(());
+            }
+            Outcome::Rejected(problems) => problems,
+        };
+        // Refused. What the server sent stays the working copy (it will not
+        // send it again until it changes), and the running config stays.
+        // One bad resource must not hold back every other type: the newest
+        // response's type alone, over what runs, may still apply.
+        let message = problems.join("\n");
+        warn!(problems = %message, "the control plane's config was refused; keeping the last good config");
+        let mut pending = std::mem::take(&mut self.pending);
+        if let Some(newest) = self.newest.clone()
+            && let Some(alone) = self.overlay(&newest)
+            && let Some(Outcome::Applied) = self.apply(&alone).await
+        {
+            info!(
+                type_url = short(&newest),
+                "applied the newest update alone; the rest stays refused"
+            );
+            self.accepted_versions = self.versions_of(&alone);
+            self.accepted = alone;
+            if let Some((nonce, version)) = pending.remove(&newest) {
+                self.ack(wire, &newest, &nonce, &version).await?;
+            }
+        }
+        for (type_url, (nonce, version)) in pending {
+            self.nack(wire, &type_url, &nonce, &message).await?;
+            self.refused.insert(type_url, (nonce, version));
+        }
+        Ok(())
+    }
+
+    /// Decodes `res`, puts it beside the proxy's own file, validates and
+    /// delivers it; the proxy's answer, or `None` if it has stopped.
+    async fn apply(&mut self, res: &Resources) -> Option<Outcome> {
+        let config = match xds::decode(res) {
             Ok(dynamic) => combine(&self.base, dynamic),
             Err(refusals) => Err(refusals.iter().map(ToString::to_string).collect()),
         };
-        let outcome = match config {
-            Err(problems) => Outcome::Rejected(problems),
-            Ok(config) => {
-                let snapshot = Snapshot {
-                    version: self.version + 1,
-                    source: self.source.clone(),
-                    config,
-                };
-                let (delivery, outcome) = Delivery::new(Update::Valid(Box::new(snapshot)));
-                if self.tx.send(delivery).await.is_err() {
-                    return Ok(()); // The proxy stopped.
-                }
-                match outcome.await {
-                    Ok(o) => o,
-                    Err(_) => return Ok(()),
-                }
-            }
+        let config = match config {
+            Err(problems) => return Some(Outcome::Rejected(problems)),
+            Ok(config) => config,
         };
+        let snapshot = Snapshot {
+            version: self.version + 1,
+            source: self.source.clone(),
+            config,
+        };
+        let (delivery, outcome) = Delivery::new(Update::Valid(Box::new(snapshot)));
+        self.tx.send(delivery).await.ok()?;
+        let outcome = outcome.await.ok()?;
         if outcome == Outcome::Applied {
             self.version += 1;
             self.applied_once = true;
             self.status.update(|s| s.applied += 1);
         }
-        self.answer_pending(wire, outcome).await
+        Some(outcome)
     }
 
-    /// ACKs (the working copy is now what is applied) or NACKs (it is
-    /// dropped) every response not answered yet.
-    async fn answer_pending(&mut self, wire: &mut Wire, outcome: Outcome) -> Result<(), String> {
-        let pending = std::mem::take(&mut self.pending);
-        match outcome {
-            Outcome::Applied => {
-                self.accepted = self.working.clone();
-                self.accepted_versions = self.working_versions.clone();
-                for (type_url, (nonce, version)) in &pending {
-                    self.type_versions.insert(type_url.clone(), version.clone());
-                    self.ack(wire, type_url, nonce, version).await?;
-                }
-                let versions = self
-                    .type_versions
-                    .iter()
-                    .map(|(t, v)| (short(t).to_owned(), v.clone()))
-                    .collect();
-                self.status.update(|s| s.versions = versions);
-            }
-            Outcome::Rejected(problems) => {
-                let message = problems.join("\n");
-                warn!(problems = %message, "the control plane's config was refused; keeping the last good config");
-                self.working = self.accepted.clone();
-                self.working_versions = self.accepted_versions.clone();
-                for (type_url, (nonce, _)) in &pending {
-                    self.nack(wire, type_url, nonce, &message).await?;
-                }
+    /// What runs, with the working copy's resources of `type_url` (and the
+    /// route configurations and endpoints they name) over it; `None` when
+    /// that changes nothing or is not complete.
+    fn overlay(&self, type_url: &str) -> Option<Resources> {
+        let mut res = self.accepted.clone();
+        let w = &self.working;
+        match type_url {
+            xds::LISTENER => res.listeners = w.listeners.clone(),
+            xds::CLUSTER => res.clusters = w.clusters.clone(),
+            xds::ROUTE => res.routes.extend(w.routes.clone()),
+            _ => res.endpoints.extend(w.endpoints.clone()),
+        }
+        let wanted = res.wanted();
+        for n in &wanted.routes {
+            if let (false, Some(r)) = (res.routes.contains_key(n), w.routes.get(n)) {
+                res.routes.insert(n.clone(), r.clone());
             }
         }
-        Ok(())
+        for n in &wanted.endpoints {
+            if let (false, Some(e)) = (res.endpoints.contains_key(n), w.endpoints.get(n)) {
+                res.endpoints.insert(n.clone(), e.clone());
+            }
+        }
+        let changes = res != self.accepted && res != self.working;
+        (changes && res.missing(&self.own_clusters).is_empty()).then_some(res)
+    }
+
+    /// The (delta) versions of the resources in `res`: those the working
+    /// copy's versions describe, where `res` holds the same resource.
+    fn versions_of(&self, res: &Resources) -> BTreeMap<(String, String), String> {
+        let same = |t: &str, n: &str| match t {
+            xds::LISTENER => res.listeners.get(n) == self.working.listeners.get(n),
+            xds::ROUTE => res.routes.get(n) == self.working.routes.get(n),
+            xds::CLUSTER => res.clusters.get(n) == self.working.clusters.get(n),
+            _ => res.endpoints.get(n) == self.working.endpoints.get(n),
+        };
+        let mut out: BTreeMap<(String, String), String> = self
+            .working_versions
+            .iter()
+            .filter(|((t, n), _)| same(t, n))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // What runs and was not replaced keeps the version it had.
+        for (k, v) in &self.accepted_versions {
+            out.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out
     }
 
     async fn ack(
@@ -666,6 +777,14 @@ impl Client {
         nonce: &str,
         version: &str,
     ) -> Result<(), String> {
+        self.type_versions
+            .insert(type_url.to_owned(), version.to_owned());
+        let versions = self
+            .type_versions
+            .iter()
+            .map(|(t, v)| (short(t).to_owned(), v.clone()))
+            .collect();
+        self.status.update(|s| s.versions = versions);
         self.answer(wire, type_url, nonce, version, None).await
     }
 
@@ -741,38 +860,28 @@ impl Client {
 }
 
 /// The next response, normalised; `None` when the server ended the stream.
-async fn next(wire: &mut Wire) -> Result<Option<Incoming>, String> {
+async fn next(wire: &mut Wire) -> Result<Option<Incoming>, tonic::Status> {
     match wire {
-        Wire::Sotw(_, rx) => Ok(rx
-            .message()
-            .await
-            .map_err(|s| s.to_string())?
-            .map(|r| Incoming {
-                whole: r.type_url == xds::LISTENER || r.type_url == xds::CLUSTER,
-                type_url: r.type_url,
-                nonce: r.nonce,
-                version: r.version_info,
-                resources: r.resources.into_iter().map(|a| (None, a)).collect(),
-                removed: Vec::new(),
-            })),
-        Wire::Delta(_, rx) => {
-            Ok(rx
-                .message()
-                .await
-                .map_err(|s| s.to_string())?
-                .map(|r| Incoming {
-                    type_url: r.type_url,
-                    nonce: r.nonce,
-                    version: r.system_version_info,
-                    resources: r
-                        .resources
-                        .into_iter()
-                        .filter_map(|res| Some((Some(res.version), res.resource?)))
-                        .collect(),
-                    removed: r.removed_resources,
-                    whole: false,
-                }))
-        }
+        Wire::Sotw(_, rx) => Ok(rx.message().await?.map(|r| Incoming {
+            whole: r.type_url == xds::LISTENER || r.type_url == xds::CLUSTER,
+            type_url: r.type_url,
+            nonce: r.nonce,
+            version: r.version_info,
+            resources: r.resources.into_iter().map(|a| (None, a)).collect(),
+            removed: Vec::new(),
+        })),
+        Wire::Delta(_, rx) => Ok(rx.message().await?.map(|r| Incoming {
+            type_url: r.type_url,
+            nonce: r.nonce,
+            version: r.system_version_info,
+            resources: r
+                .resources
+                .into_iter()
+                .filter_map(|res| Some((Some(res.version), res.resource?)))
+                .collect(),
+            removed: r.removed_resources,
+            whole: false,
+        })),
     }
 }
 
