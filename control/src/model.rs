@@ -148,10 +148,18 @@ pub struct Listener {
     /// Most header fields a request may carry; more gets 431 `bad-request`. 1 to 10000.
     #[serde(default = "default_max_request_headers_count")]
     pub max_request_headers_count: u32,
-    /// Reads the original destination (SO_ORIGINAL_DST) of redirected connections.
-    /// Not supported yet: a config that sets it to `true` is refused.
+    /// Takes connections redirected to it (by `skiff iptables`): reads each one's original
+    /// destination (SO_ORIGINAL_DST) and detects its protocol. TLS is terminated when `tls`
+    /// is set and relayed untouched otherwise; HTTP/2 and HTTP/1 are served by `routes`,
+    /// which may match on the original destination's `port`; anything else, or a client
+    /// silent for `detect_timeout` (a server-first protocol), is relayed as TCP to the
+    /// original destination, or to `cluster` when set.
     #[serde(default)]
     pub transparent: bool,
+    /// How long a transparent listener waits for a client's first bytes before relaying
+    /// the connection as TCP (for protocols where the server speaks first). Above zero.
+    #[serde(default = "default_detect_timeout")]
+    pub detect_timeout: Duration,
     /// Terminates TLS on this listener: `{ mode: disabled | permissive | strict }`.
     /// Absent: plaintext only, as `mode: disabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +176,13 @@ pub struct Listener {
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Long enough for a client that connects and then writes (HTTP, TLS: at
+/// once); short enough that a server-first protocol's handshake (MySQL,
+/// SMTP) waits little.
+fn default_detect_timeout() -> Duration {
+    Duration::from_millis(250)
 }
 
 fn default_max_request_headers_kb() -> u32 {
@@ -297,6 +312,11 @@ pub struct RouteMatch {
     /// or `{ regex }`. Absent: any path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
+    /// The port the connection was originally sent to, on a `transparent` listener (the
+    /// app's own port for inbound traffic, the service's for outbound). On other listeners
+    /// a route with `port` never matches. Absent: any port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// The request's HTTP method, e.g. `GET`; case-sensitive. Absent: any method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -468,10 +488,17 @@ pub struct Cluster {
     /// Required: a cluster without endpoints is refused.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
-    /// Where the endpoints come from, instead of `endpoints`.
-    /// Not supported yet: a config that sets it is refused. Absent: `endpoints` is used.
+    /// Where the endpoints come from, instead of `endpoints`: `original_destination`
+    /// sends each request (or TCP connection) where its connection was originally going,
+    /// on a `transparent` listener, with a pool per destination: the passthrough cluster.
+    /// `dns` is not supported yet. Absent: `endpoints` is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<Discovery>,
+    /// With `discovery: original_destination`: connect to `host` at the original port
+    /// instead of the original address (`127.0.0.1` for the inbound side: the app on
+    /// loopback). Absent: the original address itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_destination: Option<OriginalDestination>,
     /// The `host:port` whose DNS answers are the endpoints, with `discovery: dns`.
     /// Not supported yet: a config that sets it is refused. Absent: no DNS discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,7 +552,15 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-/// Where a cluster's endpoints come from (`discovery`, not supported yet).
+/// Where `discovery: original_destination` connects.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginalDestination {
+    /// An IP address to connect to, at the connection's original port.
+    pub host: String,
+}
+
+/// Where a cluster's endpoints come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Discovery {

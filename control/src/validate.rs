@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::model::{
-    AllowRule, Cluster, Config, HeaderMatch, HeaderOps, LbPolicy, Listener, ListenerProtocol,
-    PathMatch, Route, TlsMode,
+    AllowRule, Cluster, Config, Discovery, HeaderMatch, HeaderOps, LbPolicy, Listener,
+    ListenerProtocol, PathMatch, Route, TlsMode,
 };
 
 /// A problem validation found, named by its key path
@@ -202,8 +202,11 @@ impl Checker {
                 }
                 Ok(_) => {}
             }
-            if l.transparent {
-                self.at_key(&format!("{at}.transparent"), "true is not supported yet");
+            if l.detect_timeout.0.is_zero() {
+                self.at_value(
+                    &format!("{at}.detect_timeout"),
+                    "timeout 0s: a timeout is above zero",
+                );
             }
             if l.header_timeout.0.is_zero() {
                 self.at_value(
@@ -245,11 +248,14 @@ impl Checker {
                 Some(name) => self.cluster_ref(config, &format!("{at}.cluster"), name),
             }
         } else {
-            if l.cluster.is_some() {
+            if let (true, Some(name)) = (l.transparent, &l.cluster) {
+                // A transparent listener's opaque TCP goes to this cluster.
+                self.cluster_ref(config, &format!("{at}.cluster"), name);
+            } else if l.cluster.is_some() {
                 self.at_key(
                     &format!("{at}.cluster"),
                     format!(
-                        "only a tcp listener names a cluster; a listener with protocol {protocol} uses `routes: TABLE`"
+                        "only a tcp or transparent listener names a cluster; a listener with protocol {protocol} uses `routes: TABLE`"
                     ),
                 );
             }
@@ -436,8 +442,31 @@ impl Checker {
             );
         }
 
+        match (c.discovery, &c.original_destination) {
+            (Some(Discovery::OriginalDestination), od) => {
+                if !c.endpoints.is_empty() {
+                    self.at_key(
+                        &format!("{at}.endpoints"),
+                        "`discovery: original_destination` takes no endpoints: each connection's destination is its endpoint",
+                    );
+                }
+                if let Some(od) = od
+                    && od.host.parse::<std::net::IpAddr>().is_err()
+                {
+                    self.at_value(
+                        &format!("{at}.original_destination.host"),
+                        format!("{:?} is not an IP address", od.host),
+                    );
+                }
+            }
+            (_, Some(_)) => self.at_key(
+                &format!("{at}.original_destination"),
+                "only with `discovery: original_destination`",
+            ),
+            _ => {}
+        }
         let refused: [(&str, bool); 2] = [
-            ("discovery", c.discovery.is_some()),
+            ("discovery", c.discovery == Some(Discovery::Dns)),
             ("dns", c.dns.is_some()),
         ];
         for (key, present) in refused {

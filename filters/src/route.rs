@@ -12,6 +12,7 @@ use skiff_control::model::{HeaderMatch, PathMatch, RouteMatch};
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     host: Option<HostMatch>,
+    port: Option<u16>,
     path: Option<PathMatcher>,
     method: Option<Method>,
     headers: Vec<(HeaderName, ValueMatch)>,
@@ -37,6 +38,12 @@ enum ValueMatch {
     Regex(Regex),
     Present(bool),
 }
+
+/// Where a request's connection was originally going: set on requests of
+/// `transparent` listeners (SO_ORIGINAL_DST), read by `match.port` and by
+/// `discovery: original_destination` clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination(pub std::net::SocketAddr);
 
 /// A `match:` that cannot be compiled (validation normally catches these first).
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,7 @@ impl Matcher {
         }
         Ok(Self {
             host,
+            port: m.port,
             path,
             method,
             headers,
@@ -95,6 +103,14 @@ impl Matcher {
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
         if let Some(m) = &self.method
             && req.method() != m
+        {
+            return false;
+        }
+        if let Some(port) = self.port
+            && req
+                .extensions()
+                .get::<Destination>()
+                .is_none_or(|d| d.0.port() != port)
         {
             return false;
         }
@@ -217,6 +233,7 @@ mod tests {
     ) -> Matcher {
         Matcher::from_config(&RouteMatch {
             host: host.map(str::to_owned),
+            port: None,
             path,
             method: method.map(str::to_owned),
             headers: headers

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error_log;
 pub mod health;
+pub mod k8s;
 pub mod listener;
 pub mod logging;
 pub mod protocol;

@@ -32,6 +32,7 @@ use crate::server::{self, Handler, ListenerCtx};
 use crate::shutdown::{Scope, Watch};
 use crate::tls::{Accepted, Identity, Inbound};
 use crate::upstream::{self, Io};
+use skiff_filters::route::Destination;
 
 /// What a listener does with an accepted connection.
 pub enum Serve {
@@ -52,6 +53,22 @@ pub struct ListenerState {
     pub name: Arc<str>,
     pub serve: Serve,
     pub tls: Option<Arc<Inbound>>,
+    /// `transparent: true`: each connection's destination is read and its
+    /// protocol detected (see [`transparent`]).
+    pub transparent: Option<Transparent>,
+}
+
+/// How a transparent listener treats a connection.
+pub struct Transparent {
+    /// How long to wait for the client's first bytes before relaying as
+    /// TCP (the server speaks first).
+    detect_timeout: Duration,
+    /// How long the rest of an HTTP start may take (`header_timeout`).
+    header_timeout: Duration,
+    /// `cluster`: where opaque TCP goes; absent, straight to the original
+    /// destination.
+    cluster: Option<String>,
+    shared: Arc<Shared>,
 }
 
 impl ListenerState {
@@ -64,6 +81,12 @@ impl ListenerState {
         identity: Option<&Arc<Identity>>,
     ) -> Result<Self, BuildError> {
         let name: Arc<str> = Arc::from(l.name.as_str());
+        let transparent = l.transparent.then(|| Transparent {
+            detect_timeout: l.detect_timeout.get(),
+            header_timeout: l.header_timeout.get(),
+            cluster: l.cluster.clone(),
+            shared: shared.clone(),
+        });
         let serve = match l.protocol {
             ListenerProtocol::Tcp => Serve::Tcp {
                 cluster: l.cluster.clone().unwrap_or_default(),
@@ -85,11 +108,17 @@ impl ListenerState {
                         limits: protocol::HeadLimits::of(l),
                     }),
                     peer: None,
+                    dst: None,
                 },
             },
         };
         let tls = inbound_tls(l, &name, identity, &shared.metrics)?;
-        Ok(Self { name, serve, tls })
+        Ok(Self {
+            name,
+            serve,
+            tls,
+            transparent,
+        })
     }
 }
 
@@ -404,6 +433,13 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let guard = metrics.connection_opened(&current.name);
         let watch = drain.clone();
+        if current.transparent.is_some() {
+            tokio::spawn(async move {
+                transparent(stream, current, watch).await;
+                drop(guard);
+            });
+            continue;
+        }
         match (&current.serve, current.tls.clone()) {
             (Serve::Http { servers, handler }, None) => {
                 let (servers, handler) = (servers.clone(), handler.clone());
@@ -443,21 +479,122 @@ pub async fn run(
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream
 /// has no graceful close, so on drain it keeps going until the drain timeout.
-async fn relay<I: Io>(mut stream: I, name: &str, shared: &Shared, mut drain: Watch) {
-    let cluster = shared.runtime.load().cluster(name).cloned();
-    let Some(cluster) = cluster else {
-        warn!(cluster = name, "tcp listener's cluster is gone");
-        return;
-    };
-    match upstream::connect_tcp(&cluster).await {
-        Ok((mut up, _)) => tokio::select! {
-            res = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
-                if let Err(e) = res {
-                    debug!(error = %e, "tcp relay ended");
+async fn relay<I: Io>(stream: I, name: &str, shared: &Shared, drain: Watch) {
+    relay_to(stream, Some(name), None, shared, drain).await;
+}
+
+/// Relays to cluster `name` (a passthrough cluster sends to `dst`), or with
+/// no cluster straight to `dst`.
+async fn relay_to<I: Io>(
+    mut stream: I,
+    name: Option<&str>,
+    dst: Option<SocketAddr>,
+    shared: &Shared,
+    mut drain: Watch,
+) {
+    let up = match name {
+        Some(name) => {
+            let cluster = shared.runtime.load().cluster(name).cloned();
+            let Some(cluster) = cluster else {
+                warn!(cluster = name, "tcp relay's cluster is gone");
+                return;
+            };
+            let dst = dst.map(Destination);
+            upstream::connect_tcp(&cluster, dst.as_ref())
+                .await
+                .map(|(up, _)| up)
+                .map_err(|e| e.to_string())
+        }
+        None => match dst {
+            Some(dst) => {
+                match tokio::time::timeout(PASSTHROUGH_CONNECT, tokio::net::TcpStream::connect(dst))
+                    .await
+                {
+                    Ok(Ok(up)) => Ok(up),
+                    Ok(Err(e)) => Err(format!("connecting to {dst}: {e}")),
+                    Err(_) => Err(format!("connecting to {dst}: timed out")),
                 }
             }
-            _ = drain.terminated() => debug!("drain timeout: tcp relay closed"),
+            None => Err("not redirected: no original destination to relay to".to_owned()),
         },
+    };
+    match up {
+        Ok(mut up) => {
+            let _ = up.set_nodelay(true);
+            tokio::select! {
+                res = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
+                    if let Err(e) = res {
+                        debug!(error = %e, "tcp relay ended");
+                    }
+                }
+                _ = drain.terminated() => debug!("drain timeout: tcp relay closed"),
+            }
+        }
         Err(e) => warn!(error = %e, "tcp relay could not connect"),
+    }
+}
+
+/// How long a transparent listener's relay waits to connect to an original
+/// destination without a cluster (a cluster says its own `connect_timeout`).
+const PASSTHROUGH_CONNECT: Duration = Duration::from_secs(5);
+
+/// Where a redirected connection was going (SO_ORIGINAL_DST, IPv4 or IPv6);
+/// `None` for a connection made to the listener itself, whose original
+/// destination is its own address (or that has none: no conntrack entry).
+pub fn original_destination(stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    let sock = socket2::SockRef::from(stream);
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    (dst != local).then_some(dst)
+}
+
+/// One connection of a transparent listener. Its protocol is detected, not
+/// configured: a client silent for `detect_timeout` (the server speaks
+/// first) or one that opens with neither TLS nor HTTP is relayed as TCP to
+/// where it was going; TLS is terminated when the listener has `tls`, and
+/// relayed untouched when it does not (the app's own TLS to the outside);
+/// HTTP/1 and HTTP/2 are served by the listener's routes, with the original
+/// destination on each request (`match.port`, passthrough clusters).
+async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, watch: Watch) {
+    let Some(t) = &state.transparent else {
+        return;
+    };
+    let local = stream.local_addr().ok();
+    let dst = original_destination(&stream);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(t.detect_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(0) | Err(_)) => return, // Closed before a byte.
+        Err(_) => return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await,
+        Ok(Ok(_)) => {}
+    }
+    let Serve::Http { servers, handler } = &state.serve else {
+        return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await;
+    };
+    let mut handler = handler.clone();
+    handler.dst = dst.or(local);
+    if first[0] == protocol::TLS_HANDSHAKE_RECORD {
+        match &state.tls {
+            Some(tls) => {
+                if let Some(Accepted { io, peer }) = tls.accept(stream).await {
+                    handler.peer = peer;
+                    server::serve_connection(io, servers.clone(), handler, watch).await;
+                }
+            }
+            None => relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await,
+        }
+        return;
+    }
+    match protocol::sniff(stream, t.header_timeout).await {
+        Ok((protocol::Spoken::Garbage, io)) => {
+            relay_to(io, t.cluster.as_deref(), dst, &t.shared, watch).await
+        }
+        // The bytes read stay in front: the server reads them again.
+        Ok((_, io)) => server::serve_connection(io, servers.clone(), handler, watch).await,
+        Err(e) => debug!(error = %e, "closed before its protocol showed"),
     }
 }

@@ -49,6 +49,9 @@ pub struct Handler {
     pub listener: Arc<ListenerCtx>,
     /// The connection's verified SPIFFE ID; `None` for plaintext.
     pub peer: Option<PeerIdentity>,
+    /// Where the connection was originally going (a transparent listener):
+    /// set on each request for `match.port` and passthrough clusters.
+    pub dst: Option<std::net::SocketAddr>,
 }
 
 impl Handler {
@@ -63,6 +66,13 @@ impl Handler {
         );
         if let Some(peer) = &self.peer {
             rec.peer_identity = peer.0.clone();
+        }
+        if let Some(dst) = self.dst {
+            req.extensions_mut()
+                .insert(skiff_filters::route::Destination(dst));
+        }
+        if self.listener.direction == Direction::Inbound {
+            forwarded_client_cert(&mut req, self.peer.as_ref());
         }
         let grpc = classify::is_grpc(req.headers());
         // The head is checked as the client sent it, before Skiff adds to it.
@@ -525,4 +535,19 @@ fn log_end(
         metrics.refused(listener, "header-timeout");
     }
     debug!(error = %e, "downstream connection ended with an error");
+}
+
+/// Envoy's `x-forwarded-client-cert`, as its default (`SANITIZE_SET`) on an
+/// inbound listener: whatever a client sent is removed (it could claim any
+/// identity), and a caller that proved its identity with mTLS is named,
+/// `URI=spiffe://...`, so the app behind the sidecar knows who called.
+fn forwarded_client_cert<B>(req: &mut Request<B>, peer: Option<&PeerIdentity>) {
+    const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+    let headers = req.headers_mut();
+    headers.remove(XFCC);
+    if let Some(peer) = peer
+        && let Ok(v) = http::HeaderValue::from_str(&format!("URI={}", peer.0))
+    {
+        headers.insert(XFCC, v);
+    }
 }

@@ -26,6 +26,7 @@ use skiff_filters::balance::{Expired, Picked, ServedBy};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier;
+use skiff_filters::route::Destination;
 use skiff_filters::telemetry::RequestContext;
 use skiff_filters::{Body, classify, headers};
 use tokio::net::TcpStream;
@@ -51,6 +52,9 @@ impl Cluster {
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let start = Instant::now();
         let state = self.state();
+        if let Some(rewrite) = state.settings.passthrough {
+            return self.send_through(&state, rewrite, req, start).await;
+        }
         let Ok(i) = state.set.balancer.pick(&req, start) else {
             return Err(ProxyError::new(
                 Reason::NoHealthyEndpoints,
@@ -96,6 +100,33 @@ impl Cluster {
             Err(e) => e.endpoint().is_some(),
         };
         outcome.report(failed);
+        let mut rsp = result?;
+        rsp.extensions_mut().insert(ServedBy(ep.id()));
+        Ok(rsp)
+    }
+
+    /// Sends `req` where its connection was going (a passthrough cluster):
+    /// the address its transparent listener read, or `rewrite` at its port.
+    async fn send_through(
+        &self,
+        state: &ClusterState,
+        rewrite: Option<std::net::IpAddr>,
+        req: Request<Body>,
+        start: Instant,
+    ) -> Result<Response<Body>, BoxError> {
+        let to = destination(self, rewrite, req.extensions().get::<Destination>())?;
+        let ep = self.destination(to);
+        if let Some(slot) = req.extensions().get::<Picked>() {
+            slot.set(ep.id());
+        }
+        let _in_flight = ep.stats.start();
+        let result = state.settings.send_to(&ep, req).await;
+        let failed = match &result {
+            Ok(rsp) => rsp.status().is_server_error(),
+            Err(e) => e.endpoint().is_some(),
+        };
+        let now = Instant::now();
+        ep.stats.observe(now - start, failed, now);
         let mut rsp = result?;
         rsp.extensions_mut().insert(ServedBy(ep.id()));
         Ok(rsp)
@@ -458,9 +489,41 @@ impl tower::Service<Request<Body>> for ClusterService {
     }
 }
 
-/// Opens a plain TCP connection to the cluster's next endpoint (tcp listeners).
-pub async fn connect_tcp(cluster: &Cluster) -> Result<(TcpStream, SocketAddr), ProxyError> {
+/// Where a passthrough cluster sends what came in on a connection to `dst`.
+fn destination(
+    cluster: &Cluster,
+    rewrite: Option<std::net::IpAddr>,
+    dst: Option<&Destination>,
+) -> Result<SocketAddr, ProxyError> {
+    let Some(Destination(dst)) = dst else {
+        return Err(ProxyError::new(
+            Reason::NoHealthyEndpoints,
+            format!(
+                "cluster {}: original_destination needs a transparent listener (this connection has no original destination)",
+                cluster.name
+            ),
+        ));
+    };
+    Ok(match rewrite {
+        Some(ip) => SocketAddr::new(ip, dst.port()),
+        None => *dst,
+    })
+}
+
+/// Opens a plain TCP connection to the cluster's next endpoint (tcp
+/// listeners), or for a passthrough cluster to where the connection was
+/// going (`dst`, from a transparent listener).
+pub async fn connect_tcp(
+    cluster: &Cluster,
+    dst: Option<&Destination>,
+) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let state = cluster.state();
+    if let Some(rewrite) = state.settings.passthrough {
+        let to = destination(cluster, rewrite, dst)?;
+        let ep = cluster.destination(to);
+        let stream = state.settings.connect_tcp(&ep).await?;
+        return Ok((stream, to));
+    }
     let i = state
         .set
         .balancer

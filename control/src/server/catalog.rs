@@ -153,6 +153,15 @@ fn fragment(path: &Path, vars: &Vars, errors: &mut Vec<ConfigError>) -> Option<F
         ("control", c.control.is_some()),
     ];
     let before = errors.len();
+    for (name, cluster) in &c.clusters {
+        if cluster.original_destination.is_some() {
+            let path = format!("clusters.{name}.original_destination");
+            errors.push(f.at(
+                &path,
+                format!("{path}: xDS has no field for it (Envoy's ORIGINAL_DST keeps the address); put this cluster in the proxy's own file"),
+            ));
+        }
+    }
     for (key, _) in own.iter().filter(|(_, set)| *set) {
         errors.push(f.at(
             key,

@@ -155,6 +155,14 @@ fn listener(mut l: xl::Listener, r: &mut Refusals<'_>) -> Option<model::Listener
         .retain(|f| f.name != names::TLS_INSPECTOR || f.config_type.is_some());
     // Harmless: statistics only.
     l.stat_prefix.clear();
+    // Envoy's transparent listener: redirected connections, their original
+    // destination read; the listener filters' timeout is how long it waits
+    // for a client's first bytes.
+    let transparent = l.use_original_dst.take().is_some_and(|b| b.value);
+    let detect = l
+        .listener_filters_timeout
+        .take()
+        .and_then(|d| duration(Some(d), "listener_filters_timeout", r));
     let chains = std::mem::take(&mut l.filter_chains);
     r.rest("", &l);
     let mut out = model::Listener {
@@ -165,7 +173,8 @@ fn listener(mut l: xl::Listener, r: &mut Refusals<'_>) -> Option<model::Listener
         header_timeout: Duration::from_secs(10),
         max_request_headers_kb: 60,
         max_request_headers_count: 100,
-        transparent: false,
+        transparent,
+        detect_timeout: detect.unwrap_or(Duration::from_millis(250)),
         tls: None,
         routes: None,
         cluster: None,
@@ -873,6 +882,7 @@ fn cluster(mut c: xc::Cluster, res: &Resources, r: &mut Refusals<'_>) -> Option<
     let mut out = model::Cluster {
         endpoints: Vec::new(),
         discovery: None,
+        original_destination: None,
         dns: None,
         protocol: model::ClusterProtocol::Auto,
         lb: None,
@@ -929,10 +939,12 @@ fn cluster(mut c: xc::Cluster, res: &Resources, r: &mut Refusals<'_>) -> Option<
             );
         }
         Ok(DiscoveryType::OriginalDst) => {
-            r.refuse(
-                "type",
-                "ORIGINAL_DST clusters are not supported yet (discovery: original_destination)",
-            );
+            out.discovery = Some(model::Discovery::OriginalDestination);
+            // CLUSTER_PROVIDED is the only policy an ORIGINAL_DST cluster
+            // may name, and what Skiff does.
+            if c.lb_policy == LbPolicy::ClusterProvided as i32 {
+                c.lb_policy = LbPolicy::RoundRobin as i32;
+            }
         }
         Err(_) => r.refuse("type", format!("unknown cluster type {kind}")),
     }

@@ -37,7 +37,9 @@ pub fn encode(config: &Config) -> Resources {
     }
     for (name, c) in &config.clusters {
         res.clusters.insert(name.clone(), cluster(name, c));
-        res.endpoints.insert(name.clone(), load_assignment(name, c));
+        if c.discovery != Some(model::Discovery::OriginalDestination) {
+            res.endpoints.insert(name.clone(), load_assignment(name, c));
+        }
     }
     res
 }
@@ -230,6 +232,8 @@ fn listener(l: &model::Listener) -> xl::Listener {
         },
         filter_chains,
         listener_filters,
+        use_original_dst: l.transparent.then_some(BoolValue { value: true }),
+        listener_filters_timeout: l.transparent.then(|| duration(l.detect_timeout)),
         ..Default::default()
     }
 }
@@ -611,13 +615,30 @@ fn cluster(name: &str, c: &model::Cluster) -> xc::Cluster {
             ..Default::default()
         }),
     );
+    // The passthrough cluster: each connection's original destination is
+    // its endpoint, which Envoy's ORIGINAL_DST picks (CLUSTER_PROVIDED).
+    let passthrough = c.discovery == Some(model::Discovery::OriginalDestination);
+    let (kind, eds, lb_policy, load_balancing_policy) = match passthrough {
+        true => (
+            DiscoveryType::OriginalDst,
+            None,
+            LbPolicy::ClusterProvided as i32,
+            None,
+        ),
+        false => (
+            DiscoveryType::Eds,
+            Some(xc::cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            lb_policy,
+            load_balancing_policy,
+        ),
+    };
     xc::Cluster {
         name: name.to_owned(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(xc::cluster::EdsClusterConfig {
-            eds_config: Some(ads()),
-            service_name: String::new(),
-        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+        eds_cluster_config: eds,
         connect_timeout: Some(duration(c.connect_timeout)),
         lb_policy,
         load_balancing_policy,

@@ -11,6 +11,7 @@ mod certs;
 mod check;
 mod control;
 mod demo;
+mod iptables;
 mod logs;
 mod run;
 
@@ -48,6 +49,8 @@ enum Command {
     Demo(demo::Args),
     /// The control plane: serve the YAML in DIR over xDS v3 (ADS) to Skiff, Envoy and proxyless gRPC.
     Control(control::Args),
+    /// Install (or print, or remove) the nat rules that send a pod's TCP through Skiff.
+    Iptables(iptables::Args),
     /// A mesh CA and SPIFFE workload certificates (PEM files for `identity:`).
     #[command(subcommand)]
     Certs(certs::Certs),
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         }
         Command::Certs(c) => certs::certs(c),
         Command::Control(args) => control::control(args),
+        Command::Iptables(args) => iptables::iptables(args),
         Command::Demo(args) => demo::demo(args),
     }
 }

@@ -155,6 +155,9 @@ pub struct Settings {
     pub policy: ClusterPolicy,
     /// `tls.server_identity`: originate mTLS.
     pub(crate) tls: Option<Connector>,
+    /// `discovery: original_destination`: each request goes where its
+    /// connection was going, to `original_destination.host` when set.
+    pub(crate) passthrough: Option<Option<std::net::IpAddr>>,
 }
 
 /// What a request reads from its cluster, in one atomic load.
@@ -172,7 +175,15 @@ pub struct Cluster {
     pub(crate) ejections: Counter,
     /// The health-check task, and the config it was started with.
     probe: Mutex<Option<(model::HealthCheck, ClusterProtocol, AbortHandle)>>,
+    /// A passthrough cluster's endpoints, one per destination met: each
+    /// keeps its pool across requests (the app calling one service over and
+    /// over reuses connections). Bounded by [`MAX_DESTINATIONS`].
+    destinations: Mutex<HashMap<std::net::SocketAddr, Arc<Endpoint>>>,
 }
+
+/// Destinations a passthrough cluster keeps pools for; past it, those no
+/// request is using are let go first.
+const MAX_DESTINATIONS: usize = 4096;
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -191,6 +202,26 @@ impl Cluster {
 
     pub fn protocol(&self) -> ClusterProtocol {
         self.state.load().settings.protocol
+    }
+
+    /// A passthrough cluster's endpoint for `to`: the one kept for it, or a
+    /// new one. A short lock per request on this cluster only; the map
+    /// holds one entry per destination the app talks to.
+    pub(crate) fn destination(&self, to: std::net::SocketAddr) -> Arc<Endpoint> {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ep) = map.get(&to) {
+            return ep.clone();
+        }
+        if map.len() >= MAX_DESTINATIONS {
+            // Let go of the destinations nothing uses now (their idle
+            // connections close with them).
+            map.retain(|_, ep| Arc::strong_count(ep) > 1);
+        }
+        let ep = Arc::new(Endpoint::new(&to.to_string()));
+        if map.len() < MAX_DESTINATIONS {
+            map.insert(to, ep.clone());
+        }
+        ep
     }
 
     /// Replaces the endpoint set alone: routes, policies and the endpoints
@@ -303,6 +334,7 @@ impl Clusters {
                         name,
                         state: ArcSwap::new(state.clone()),
                         probe: Mutex::new(None),
+                        destinations: Mutex::new(HashMap::new()),
                     })
                 }
             };
@@ -410,6 +442,11 @@ fn settings(
             .tls
             .as_ref()
             .map(|t| Connector::new(identity, &t.server_identity)),
+        passthrough: (c.discovery == Some(model::Discovery::OriginalDestination)).then(|| {
+            c.original_destination
+                .as_ref()
+                .and_then(|o| o.host.parse().ok())
+        }),
         name,
     }
 }

@@ -1,0 +1,4 @@
+//! What Skiff needs from a Kubernetes pod: the traffic-redirection rules
+//! its init container installs (`iptables.rs`).
+
+pub mod iptables;
