@@ -387,7 +387,7 @@ fn cases() -> Vec<Case> {
             vec![(
                 5,
                 5,
-                "listeners[0].cluster: only a tcp listener names a cluster",
+                "listeners[0].cluster: only a tcp or transparent listener names a cluster",
             )],
         ),
         (
@@ -417,9 +417,12 @@ fn cases() -> Vec<Case> {
             vec![(5, 5, "listeners[0].tls: mode strict needs `identity:`")],
         ),
         (
-            "listener transparent",
-            small_with("routes: app\n", "routes: app\n    transparent: true\n"),
-            vec![(5, 5, "listeners[0].transparent: true is not supported yet")],
+            "listener transparent detect_timeout",
+            small_with(
+                "routes: app\n",
+                "routes: app\n    transparent: true\n    detect_timeout: 0s\n",
+            ),
+            vec![(6, 21, "listeners[0].detect_timeout: timeout 0s")],
         ),
         // --- routes ---
         (
