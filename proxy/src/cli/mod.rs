@@ -11,6 +11,7 @@ mod certs;
 mod check;
 mod control;
 mod demo;
+mod inject;
 mod iptables;
 mod logs;
 mod run;
@@ -49,6 +50,10 @@ enum Command {
     Demo(demo::Args),
     /// The control plane: serve the YAML in DIR over xDS v3 (ADS) to Skiff, Envoy and proxyless gRPC.
     Control(control::Args),
+    /// Add the Skiff sidecar to every pod template in Kubernetes manifests (file or stdin).
+    Inject(inject::Args),
+    /// Wait until the proxy's `/ready` answers 200 (the classic sidecar's postStart hook).
+    Ready(inject::ReadyArgs),
     /// Install (or print, or remove) the nat rules that send a pod's TCP through Skiff.
     Iptables(iptables::Args),
     /// A mesh CA and SPIFFE workload certificates (PEM files for `identity:`).
@@ -72,6 +77,8 @@ pub fn main() -> ExitCode {
         Command::Certs(c) => certs::certs(c),
         Command::Control(args) => control::control(args),
         Command::Iptables(args) => iptables::iptables(args),
+        Command::Inject(args) => inject::inject(args),
+        Command::Ready(args) => inject::ready(args),
         Command::Demo(args) => demo::demo(args),
     }
 }
