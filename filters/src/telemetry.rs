@@ -309,6 +309,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Connections open now on `listener` (`skiff_connections_active`).
+    pub fn connections_active(&self, listener: &str) -> i64 {
+        self.connections_active
+            .get_or_create(&ListenerLabels {
+                listener: Arc::from(listener),
+            })
+            .get()
+    }
+
     pub fn config_update(&self, source: &'static str, result: &'static str) {
         self.config_updates
             .get_or_create(&ConfigUpdateLabels { source, result })

@@ -22,7 +22,7 @@ use crate::app::Shared;
 
 /// Every path the admin server answers, with what it is for: the 404 lists
 /// them, and `docs/reference/admin.md` is generated from them.
-pub const ENDPOINTS: [(&str, &str); 8] = [
+pub const ENDPOINTS: [(&str, &str); 9] = [
     (
         "/",
         "A live page for people: listeners, routes with the last minute's rate, success and p50/p99/p99.9, clusters and their endpoints with health, ejection, in-flight requests and EWMA, refreshed every second from `/config`, `/stats` and `/clusters`. One HTML file, no external script.",
@@ -50,6 +50,10 @@ pub const ENDPOINTS: [(&str, &str); 8] = [
     (
         "/logging",
         "`POST /logging?level=FILTER` sets the log filter while Skiff runs (`debug`, `skiff=debug,hyper=info`; as `--log-level` takes). Loopback callers only (403 otherwise); 503 when the process's logging is not Skiff's own (an embedder's).",
+    ),
+    (
+        "/shutdown",
+        "`POST /shutdown`: shut down as on SIGTERM: `/ready` turns 503, inbound listeners drain while outbound ones keep serving until the app stops calling out (1 s without an outbound connection) or `drain_timeout`, then exit. For Jobs whose app has finished. Loopback callers only (403 otherwise).",
     ),
     (
         "/clusters",
@@ -85,6 +89,24 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 fn answer(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/logging" {
         return logging(peer, req);
+    }
+    if req.uri().path() == "/shutdown" {
+        if !peer.ip().is_loopback() {
+            return text(
+                StatusCode::FORBIDDEN,
+                "/shutdown answers loopback callers only\n",
+            );
+        }
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "POST /shutdown\n");
+        }
+        // notify_one keeps a permit: a request before `skiff run` waits
+        // still counts.
+        shared.shutdown.notify_one();
+        return text(
+            StatusCode::OK,
+            "shutting down: inbound drains, then outbound\n",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");

@@ -24,6 +24,12 @@ use crate::shutdown::{Signal, Watch};
 use crate::tls::{self, Identity, IdentityError};
 use crate::trace::Tracing;
 
+/// How often a sidecar's shutdown looks at its open connections.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// How long outbound must stay without connections before a sidecar's
+/// shutdown takes it as the app having stopped calling out.
+pub const QUIET: Duration = Duration::from_secs(1);
+
 /// State every connection and the admin server share.
 pub struct Shared {
     /// The current compiled config; swapped whole when a new one is applied.
@@ -52,6 +58,9 @@ pub struct Shared {
     pub access_logs: AccessLogs,
     /// The running span exporter: kept while its config is unchanged.
     tracing: Mutex<Option<Arc<Tracing>>>,
+    /// `POST /shutdown` (a Job whose app has finished): `skiff run` waits
+    /// on it as on SIGTERM.
+    pub shutdown: tokio::sync::Notify,
     /// The control feed's state, when `control:` is set: for `/config`.
     pub feed: std::sync::OnceLock<Arc<skiff_control::source::xds::FeedStatus>>,
     /// One apply at a time: plans are made against the running state and
@@ -313,9 +322,60 @@ impl Bound {
         self.background.push(task);
     }
 
+    /// Resolves when `POST /shutdown` asks the process to stop.
+    pub async fn shutdown_requested(&self) {
+        self.shared.shutdown.notified().await;
+    }
+
     /// The feed's state, when `control:` is set (tests wait on it).
     pub fn feed(&self) -> Option<Arc<skiff_control::source::xds::FeedStatus>> {
         self.shared.feed.get().cloned()
+    }
+
+    /// A sidecar's shutdown, what SIGTERM and `POST /shutdown` start:
+    /// `/ready` turns 503 and the inbound listeners drain at once (no new
+    /// callers; those in flight finish), while the outbound ones keep
+    /// serving the app, which may still call out as it shuts down. Returns
+    /// once inbound connections are done and outbound ones have stayed at
+    /// zero for [`QUIET`] (the app has stopped calling), or at the drain
+    /// timeout; then [`Bound::drain`] closes the rest.
+    pub async fn drain_inbound_first(&self) {
+        use skiff_control::model::Direction;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        {
+            let base = self.shared.base.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.ready.store(false, Ordering::Release);
+            drop(base);
+        }
+        let inbound = self.shared.listeners.drain_direction(Direction::Inbound);
+        info!(?inbound, "draining inbound; outbound keeps serving the app");
+        let open = |names: &[String]| -> i64 {
+            names
+                .iter()
+                .map(|n| self.shared.metrics.connections_active(n))
+                .sum()
+        };
+        let mut tick = tokio::time::interval(DRAIN_POLL);
+        let mut quiet_since = None;
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if open(&inbound) > 0 {
+                continue;
+            }
+            let outbound = self.shared.listeners.names(Direction::Outbound);
+            if open(&outbound) > 0 {
+                quiet_since = None;
+                continue;
+            }
+            let since = *quiet_since.get_or_insert(now);
+            if now - since >= QUIET {
+                break;
+            }
+        }
     }
 
     /// Starts a graceful drain, as SIGTERM does: `/ready` turns 503, the
@@ -463,6 +523,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         access_logs,
         tracing: Mutex::new(spans),
         feed: std::sync::OnceLock::new(),
+        shutdown: tokio::sync::Notify::new(),
         applying: Mutex::new(()),
     });
     let listeners =

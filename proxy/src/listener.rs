@@ -389,6 +389,31 @@ impl Listeners {
             .clear();
     }
 
+    /// Starts draining the running listeners of `direction` (they stop
+    /// accepting; their connections are asked to finish) while the others
+    /// keep serving; their names.
+    pub fn drain_direction(&self, direction: skiff_control::model::Direction) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .filter(|r| r.config.direction == direction)
+            .map(|r| {
+                r.scope.drain();
+                r.config.name.clone()
+            })
+            .collect()
+    }
+
+    /// The names of the running listeners of `direction`.
+    pub fn names(&self, direction: skiff_control::model::Direction) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .filter(|r| r.config.direction == direction)
+            .map(|r| r.config.name.clone())
+            .collect()
+    }
+
     /// Where the listener called `name` is bound.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());

@@ -539,3 +539,33 @@ fn the_log_level_changes_at_runtime() {
     }
     assert_eq!(terminate(&mut child), Some(0));
 }
+
+/// `POST /shutdown` (a Job whose app has finished) stops `skiff run` as
+/// SIGTERM does: exit 0. Not from another host, and not by GET.
+#[test]
+fn post_shutdown_ends_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let (mut child, mut stderr) = run_json(&path);
+    let startup = until_ready(&mut stderr);
+    let admin = startup
+        .iter()
+        .find(|v| v["fields"]["message"] == "admin listening")
+        .and_then(|v| v["fields"]["admin"].as_str().map(str::to_owned))
+        .unwrap();
+    let ask = |method: &str| {
+        let mut s = TcpStream::connect(&admin).unwrap();
+        write!(
+            s,
+            "{method} /shutdown HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(ask("GET").starts_with("HTTP/1.1 405"));
+    assert!(ask("POST").starts_with("HTTP/1.1 200"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

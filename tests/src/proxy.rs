@@ -138,9 +138,15 @@ impl Proxy {
             .text()
     }
 
-    /// Starts a graceful drain, as SIGTERM does.
+    /// Starts a graceful drain (all listeners at once).
     pub fn drain(&self) {
         self.bound.drain();
+    }
+
+    /// A sidecar's shutdown, as SIGTERM and `POST /shutdown` start it:
+    /// resolves once inbound is drained and outbound has gone quiet.
+    pub async fn drain_inbound_first(&self) {
+        self.bound.drain_inbound_first().await;
     }
 
     /// Waits (guarded) until the proxy finished draining.

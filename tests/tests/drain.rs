@@ -109,3 +109,66 @@ async fn drain_timeout_ends_a_request_that_never_finishes() {
     );
     drop(backend);
 }
+
+/// A sidecar's shutdown (SIGTERM in a pod, `POST /shutdown`): `/ready`
+/// turns 503 and the inbound listener stops taking connections at once,
+/// while the outbound one goes on serving the app's calls, new connections
+/// included; only once the app has closed its outbound connections does
+/// the shutdown move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_drains_while_outbound_serves_the_app() {
+    let backend = Backend::auto().spawn().await;
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+runtime: {{ drain_timeout: 60s }}
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, direction: inbound, routes: all }}
+  - {{ name: out, address: 127.0.0.1:0, direction: outbound, routes: all }}
+routes:
+  all:
+    - cluster: app
+clusters:
+  app:
+    endpoints: [{}]
+",
+        backend.addr()
+    );
+    let proxy = std::sync::Arc::new(integration_tests::Proxy::start(&yaml).await);
+    let (inbound, outbound, admin) = (proxy.addr("in"), proxy.addr("out"), proxy.admin());
+    // The app holds a keep-alive connection out.
+    let mut app = Client::http1(outbound).await;
+    assert_eq!(app.get("/").await.status, StatusCode::OK);
+
+    let stopping = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.drain_inbound_first().await }
+    });
+    guard("/ready to say 503", async {
+        while Client::http1(admin).await.get("/ready").await.status
+            != StatusCode::SERVICE_UNAVAILABLE
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    guard("inbound to stop taking connections", async {
+        while TcpStream::connect(inbound).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Outbound serves on: the open connection, and a new one.
+    assert_eq!(app.get("/").await.status, StatusCode::OK);
+    let mut late = Client::http1(outbound).await;
+    assert_eq!(late.get("/").await.status, StatusCode::OK);
+    assert!(
+        !stopping.is_finished(),
+        "the shutdown went on while the app had connections out"
+    );
+    // The app stops calling out: the shutdown moves on.
+    drop(app);
+    drop(late);
+    guard("the shutdown to move on once outbound is quiet", stopping)
+        .await
+        .unwrap();
+}

@@ -54,7 +54,11 @@ pub(super) fn run(path: &Path) -> ExitCode {
                     info!("ready; watching the config file for changes");
                 }
             }
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => info!("signal: shutting down"),
+                () = bound.shutdown_requested() => info!("POST /shutdown: shutting down"),
+            }
+            bound.drain_inbound_first().await;
             info!("draining");
             bound.drain();
             bound.wait_termination().await?;
