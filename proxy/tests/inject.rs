@@ -175,3 +175,92 @@ fn the_outputs_are_valid_kubernetes() {
         }
     }
 }
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
+}
+
+/// The demo's injected manifests are what `skiff inject` makes of its app
+/// manifests today.
+#[test]
+fn the_demo_is_injected_by_the_current_skiff() {
+    let app = std::fs::read_to_string(deploy().join("demo/app.yaml")).unwrap();
+    let (injected, err, ok) = inject(&app, &[]);
+    assert!(ok, "{err}");
+    let path = deploy().join("demo/app.injected.yaml");
+    if std::env::var_os("SKIFF_BLESS").is_some() {
+        std::fs::write(&path, &injected).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        injected,
+        "deploy/k8s/demo/app.injected.yaml is stale: `skiff inject -f deploy/k8s/demo/app.yaml > deploy/k8s/demo/app.injected.yaml`"
+    );
+}
+
+/// `kubectl kustomize deploy/k8s` renders offline, and everything it
+/// renders is valid for Kubernetes 1.29 and 1.33.
+#[test]
+fn the_manifests_render_and_are_valid_kubernetes() {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy())
+        .output()
+        .expect("kubectl runs (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+    ] {
+        assert!(rendered.contains(&format!("kind: {kind}\n")), "no {kind}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    for version in ["1.29.0", "1.33.0"] {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate runs");
+        assert!(
+            out.status.success(),
+            "deploy/k8s is not valid for {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The configs inside the ConfigMaps load: the sidecar's (with the
+/// `POD_NAME` the pod gives it) and the control plane's directory.
+#[test]
+fn the_configs_in_the_manifests_load() {
+    let text = std::fs::read_to_string(deploy().join("demo/proxy-config.yaml")).unwrap();
+    let cm: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let yaml = cm["data"]["skiff.yaml"].as_str().unwrap();
+    let vars = skiff_control::Vars::process().with("POD_NAME", "demo-client-1");
+    if let Err(e) = skiff_control::load_str_with(yaml, "skiff-proxy/skiff.yaml", &vars) {
+        panic!("{e}");
+    }
+    let text = std::fs::read_to_string(deploy().join("control-plane/mesh.yaml")).unwrap();
+    let cm: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in cm["data"].as_object().unwrap() {
+        std::fs::write(dir.path().join(name), body.as_str().unwrap()).unwrap();
+    }
+    if let Err(e) =
+        skiff_control::server::catalog::read(dir.path(), &skiff_control::Vars::process())
+    {
+        panic!("{e}");
+    }
+}
