@@ -25,6 +25,11 @@ listeners:
     address: "[::1]:8443"
     tls: { mode: permissive }
     routes: main
+  - name: outbound
+    address: 0.0.0.0:15001
+    transparent: true
+    detect_timeout: 300ms
+    routes: main
   - name: db
     address: 127.0.0.1:5432
     protocol: tcp
@@ -89,6 +94,8 @@ clusters:
     health_check: { path: /ready, timeout: 2s, healthy_threshold: 2 }
   db:
     endpoints: [127.0.0.1:5433]
+  passthrough:
+    discovery: original_destination
 "#;
 
 fn everything() -> Config {
