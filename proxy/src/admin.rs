@@ -61,6 +61,78 @@ pub const ENDPOINTS: [(&str, &str); 9] = [
     ),
 ];
 
+/// Where `skiff inject` points the app's HTTP probes: `/app-health/CONTAINER/KIND`.
+pub const APP_HEALTH: &str = "/app-health/";
+
+/// The environment variable `skiff inject` sets on the sidecar: the app's
+/// original HTTP probes, as JSON `{"/app-health/app/readiness": {"port":
+/// 8080, "path": "/healthz"}}`.
+pub const APP_PROBES_ENV: &str = "SKIFF_APP_PROBES";
+
+/// One of the app's own probes.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AppProbe {
+    pub port: u16,
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// The app's probes, read once from [`APP_PROBES_ENV`] (empty without it,
+/// or when it does not parse: the probes then fail, which says so).
+fn app_probes() -> &'static std::collections::HashMap<String, AppProbe> {
+    static PROBES: std::sync::OnceLock<std::collections::HashMap<String, AppProbe>> =
+        std::sync::OnceLock::new();
+    PROBES.get_or_init(|| {
+        std::env::var(APP_PROBES_ENV)
+            .ok()
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default()
+    })
+}
+
+/// An app probe, asked of the app on loopback (not captured: the proxy's
+/// own connection), with the kubelet's rule: 200 to 399 is healthy.
+async fn app_health(probe: AppProbe) -> Response<Body> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", probe.port)).await?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nuser-agent: skiff-probe\r\nconnection: close\r\n\r\n",
+            probe.path, probe.port
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        std::io::Result::Ok(
+            std::str::from_utf8(&head[9..12])
+                .ok()
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0),
+        )
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ask).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => {
+            text(StatusCode::OK, "the app's probe passed\n")
+        }
+        Ok(Ok(code)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app answered its probe with {code}\n"),
+        ),
+        Ok(Err(e)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app's probe failed: {e}\n"),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the app's probe timed out\n",
+        ),
+    }
+}
+
 /// The admin page (`GET /`): built into the binary.
 const PAGE: &str = include_str!("admin.html");
 
@@ -73,9 +145,27 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let rsp = answer(&shared, peer, &req);
-                async move { Ok::<_, std::convert::Infallible>(rsp) }
+            let svc = service_fn(move |req: Request<Incoming>| {
+                // The app's probes, rewritten by `skiff inject`: answered by
+                // asking the app itself, which takes a moment.
+                let probe = req
+                    .uri()
+                    .path()
+                    .starts_with(APP_HEALTH)
+                    .then(|| app_probes().get(req.uri().path()).cloned());
+                let rsp = match &probe {
+                    None => Some(answer(&shared, peer, &req)),
+                    Some(None) => Some(text(StatusCode::NOT_FOUND, "no such app probe\n")),
+                    Some(Some(_)) => None,
+                };
+                async move {
+                    let rsp = match (rsp, probe) {
+                        (Some(rsp), _) => rsp,
+                        (None, Some(Some(target))) => app_health(target).await,
+                        (None, _) => text(StatusCode::NOT_FOUND, "no such app probe\n"),
+                    };
+                    Ok::<_, std::convert::Infallible>(rsp)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
@@ -285,7 +375,7 @@ fn owned_text(status: StatusCode, body: String) -> Response<Body> {
     rsp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut rsp = Response::new(Body::full(body));
     *rsp.status_mut() = status;
     rsp.headers_mut().insert(

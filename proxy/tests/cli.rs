@@ -569,3 +569,62 @@ fn post_shutdown_ends_the_process() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The app's probes as `skiff inject` rewrites them: the admin port's
+/// `/app-health/CONTAINER/KIND` asks the app on loopback with the original
+/// port and path (from `SKIFF_APP_PROBES`), and says 200 for the app's 2xx
+/// or 3xx, 503 otherwise; a probe it was not told of is 404.
+#[test]
+fn the_apps_probes_are_answered_through_the_admin_port() {
+    // The app: /healthz is fine, /sick is not.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = app.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in app.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let status = if head.starts_with("GET /healthz ") {
+                "204 No Content"
+            } else {
+                "500 Oops"
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "ok.yaml", MINIMAL);
+    let probes = format!(
+        r#"{{"/app-health/app/readiness": {{"port": {port}, "path": "/healthz"}}, "/app-health/app/liveness": {{"port": {port}, "path": "/sick"}}}}"#
+    );
+    let mut child = skiff()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&path)
+        .env("SKIFF_APP_PROBES", probes)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let startup = until_ready(&mut stderr);
+    let admin = startup
+        .iter()
+        .find(|v| v["fields"]["message"] == "admin listening")
+        .and_then(|v| v["fields"]["admin"].as_str().map(str::to_owned))
+        .unwrap();
+    let status = |path: &str| {
+        let mut s = TcpStream::connect(&admin).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    };
+    assert_eq!(status("/app-health/app/readiness"), "200");
+    assert_eq!(status("/app-health/app/liveness"), "503");
+    assert_eq!(status("/app-health/other/readiness"), "404");
+    assert_eq!(terminate(&mut child), Some(0));
+}

@@ -125,6 +125,28 @@ fn the_sidecar_is_what_the_pod_asked_for() {
         serde_json::json!([{ "name": "db", "image": "db:1" }])
     );
 
+    // The app's HTTP probe goes through the admin port; the original is
+    // handed to the sidecar. A TCP probe stays as it is.
+    let web = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let spec = &web["spec"]["template"]["spec"];
+    let app = &spec["containers"][0];
+    assert_eq!(
+        app["readinessProbe"]["httpGet"],
+        serde_json::json!({ "path": "/app-health/web/readiness", "port": 15000 })
+    );
+    assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], 8080);
+    let env = spec["initContainers"][1]["env"].as_array().unwrap();
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == "SKIFF_APP_PROBES")
+        .unwrap();
+    let probes: serde_json::Value =
+        serde_json::from_str(probes["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        probes,
+        serde_json::json!({ "/app-health/web/readiness": { "port": 8080, "path": "/healthz" } })
+    );
+
     let (classic, _, _) = inject(&text, &["--classic-sidecar"]);
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&classic).unwrap();
     let web = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();

@@ -250,6 +250,8 @@ fn inject_one(doc: &mut Value, options: &Options) -> Result<bool, String> {
         .and_then(Value::as_object_mut)
         .ok_or_else(|| format!("{kind}: the pod template has no spec"))?;
 
+    // The app's probes an earlier run rewrote, before its sidecar goes.
+    let mut probes = earlier_probes(spec);
     // What an earlier run added goes first: injecting twice is once.
     for list in ["initContainers", "containers"] {
         if let Some(Value::Array(items)) = spec.get_mut(list) {
@@ -344,9 +346,22 @@ fn inject_one(doc: &mut Value, options: &Options) -> Result<bool, String> {
             { "name": IDENTITY_VOLUME, "mountPath": "/var/run/skiff/identity", "readOnly": true },
         ],
     });
+    // The app's HTTP probes go through the admin port (never captured), so
+    // an inbound listener in strict mTLS does not fail the kubelet's
+    // plaintext probes; the sidecar asks the app on loopback.
+    if let Some(Value::Array(containers)) = spec.get_mut("containers") {
+        for c in containers.iter_mut() {
+            rewrite_probes(c, &mut probes);
+        }
+    }
     let p = proxy
         .as_object_mut()
         .ok_or("internal: the proxy is a mapping")?;
+    if !probes.is_empty()
+        && let Some(Value::Array(env)) = p.get_mut("env")
+    {
+        env.push(json!({ "name": APP_PROBES_ENV, "value": Value::Object(probes).to_string() }));
+    }
     if options.classic_sidecar {
         // No native sidecars (Kubernetes before 1.29): the first container,
         // and the kubelet starts the next only once this hook returns.
@@ -377,6 +392,83 @@ fn inject_one(doc: &mut Value, options: &Options) -> Result<bool, String> {
         "secret": { "secretName": secret, "optional": false },
     }));
     Ok(true)
+}
+
+/// Where rewritten probes point: the admin port.
+const ADMIN_PORT: u16 = 15000;
+/// What the sidecar reads the app's original probes from.
+const APP_PROBES_ENV: &str = "SKIFF_APP_PROBES";
+
+/// The originals an earlier run recorded on its sidecar, if any.
+fn earlier_probes(spec: &Map<String, Value>) -> Map<String, Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| spec.get(*l)?.as_array())
+        .flatten()
+        .filter(|c| c.get("name").and_then(Value::as_str) == Some(PROXY))
+        .filter_map(|c| c.get("env")?.as_array())
+        .flatten()
+        .filter(|e| e.get("name").and_then(Value::as_str) == Some(APP_PROBES_ENV))
+        .filter_map(|e| serde_json::from_str::<Map<String, Value>>(e.get("value")?.as_str()?).ok())
+        .next()
+        .unwrap_or_default()
+}
+
+/// Points a container's plain-HTTP `httpGet` probes at the admin port's
+/// `/app-health/CONTAINER/KIND`, recording the original port and path.
+/// Already rewritten ones (a second run) are left as they are.
+fn rewrite_probes(container: &mut Value, probes: &mut Map<String, Value>) {
+    let name = container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let ports: Vec<(String, u64)> = container
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.get("name")?.as_str()?.to_owned(),
+                p.get("containerPort")?.as_u64()?,
+            ))
+        })
+        .collect();
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let Some(get) = container.get_mut(kind).and_then(|p| p.get_mut("httpGet")) else {
+            continue;
+        };
+        let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+        let port = match get.get("port") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s
+                .parse()
+                .ok()
+                .or_else(|| ports.iter().find(|(n, _)| n == s).map(|(_, p)| *p)),
+            _ => None,
+        };
+        let path = get
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_owned();
+        if scheme != "HTTP"
+            || port == Some(u64::from(ADMIN_PORT))
+            || get.get("httpHeaders").is_some()
+        {
+            continue; // HTTPS, already ours, or headers the sidecar would not send.
+        }
+        let Some(port) = port else { continue };
+        let short = kind.trim_end_matches("Probe");
+        let at = format!("/app-health/{name}/{short}");
+        probes.insert(at.clone(), json!({ "port": port, "path": path }));
+        if let Some(get) = get.as_object_mut() {
+            get.insert("port".to_owned(), Value::from(ADMIN_PORT));
+            get.insert("path".to_owned(), Value::from(at));
+            get.remove("host");
+        }
+    }
 }
 
 fn array<'a>(spec: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<Value>, String> {
