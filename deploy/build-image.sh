@@ -13,7 +13,8 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p skiff --target "$TARGET"
 fi
 bin="$CARGO_TARGET_DIR/$TARGET/release/skiff"
-if ldd "$bin" >/dev/null 2>&1; then
+# A static(-pie) binary names no shared library.
+if ldd "$bin" 2>&1 | grep -q '=>'; then
     echo "build-image: $bin is not static" >&2
     exit 1
 fi
@@ -21,7 +22,8 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
 mkdir -p "$root/usr/sbin" "$root/tmp" "$root/etc"
-install -m 0755 "$bin" "$root/skiff"
+# Stripped: debug info is for developers, not for every pod.
+install -s -m 0755 "$bin" "$root/skiff"
 # The iptables tools: multi-call binaries, named by the links made below.
 for multi in xtables-nft-multi xtables-legacy-multi; do
     src=$(command -v "$multi")
@@ -33,7 +35,9 @@ for multi in xtables-nft-multi xtables-legacy-multi; do
 done
 # The extensions the rules use (tcp, owner, REDIRECT...), loaded at run time.
 xt=$(dirname "$(ldd "$(command -v xtables-nft-multi)" | awk '/libxtables/ {print $3}')")/xtables
-mkdir -p "$root$xt" && cp -L "$xt"/*.so "$root$xt/"
+# Put where the Containerfile's XTABLES_LIBDIR says (the host may find them
+# through a /lib -> /usr/lib link the image does not have).
+mkdir -p "$root/usr/lib/xtables" && cp -L "$xt"/*.so "$root/usr/lib/xtables/"
 for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
     ln -s xtables-nft-multi "$root/usr/sbin/$tool"
     ln -s xtables-nft-multi "$root/usr/sbin/${tool/tables/tables-nft}"
@@ -43,5 +47,5 @@ echo "skiff:x:1337:1337::/:/skiff" > "$root/etc/passwd"
 cp deploy/Containerfile "$ctx/Containerfile"
 podman build -q -t "$IMAGE" -f "$ctx/Containerfile" "$ctx" >/dev/null
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-printf 'build-image: %s, %s bytes (%s MiB); skiff alone %s bytes\n' \
-    "$IMAGE" "$size" "$((size / 1048576))" "$(stat -c %s "$bin")"
+printf "build-image: %s, %s bytes (%s MiB); the skiff binary, stripped, %s bytes\n" \
+    "$IMAGE" "$size" "$((size / 1048576))" "$(stat -c %s "$root/skiff")"

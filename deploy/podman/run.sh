@@ -95,6 +95,15 @@ YAML
 # podman refuses `ports:` on some networks and ignores probes and hooks
 # (deploy/podman/README.md); the hook is replaced by waiting on /ready below.
 sed -i '/^ *ports:$/,/^ *protocol: TCP$/d' "$work/pod.yaml"
+# ... and gives only metadata.name from fieldRef: the rest as a kubelet would.
+python3 - "$work/pod.yaml" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+for path, value in (("metadata.namespace", "default"), ("status.podIP", "")):
+    s = re.sub(r"valueFrom:\n( *)fieldRef:\n *fieldPath: " + re.escape(path), "value: \"" + value + "\"", s)
+open(p, "w").write(s)
+PY
 podman kube play --build=false --configmap "$work/configmap.yaml" "$work/pod.yaml" >/dev/null
 
 step "the pod's network namespace: the init container's rules"
