@@ -118,7 +118,10 @@ pub(crate) fn notifications_in(
 ) -> (mpsc::Receiver<()>, Option<notify::RecommendedWatcher>) {
     let (tx, rx) = mpsc::channel(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Opening and reading a file is an event too (inotify's IN_OPEN and
+        // IN_CLOSE_NOWRITE): our own reads must not wake us, or every read
+        // would cause the next one, forever.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             // Full means a wake-up is already pending: one read covers both.
             let _ = tx.try_send(());
         }
