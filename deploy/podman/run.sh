@@ -85,6 +85,11 @@ apiVersion: v1
 kind: Pod
 metadata: { name: skiff-pt }
 spec:
+  # podman 4.3 applies the pod's restart policy to init containers too:
+  # with Always (the default) a finished skiff-init is started again, and
+  # again, until the play fails removing it. A kubelet never restarts an
+  # init container that succeeded.
+  restartPolicy: OnFailure
   containers:
     - name: app
       image: localhost/skiff-pt-app:latest
@@ -104,22 +109,7 @@ for path, value in (("metadata.namespace", "default"), ("status.podIP", "")):
     s = re.sub(r"valueFrom:\n( *)fieldRef:\n *fieldPath: " + re.escape(path), "value: \"" + value + "\"", s)
 open(p, "w").write(s)
 PY
-# podman 4.3 sometimes tries to remove a finished init container before it
-# has seen it exit ("failed to remove once init container ... it is
-# running"): the pod is then torn down and played again, up to 3 times.
-for try in 1 2 3 4 5 6; do
-    if podman kube play --build=false --configmap "$work/configmap.yaml" "$work/pod.yaml" \
-        >/dev/null 2>"$work/play.err"; then
-        break
-    fi
-    if ! grep -q 'failed to remove once init container' "$work/play.err" || [[ $try == 6 ]]; then
-        cat "$work/play.err" >&2
-        exit 1
-    fi
-    echo "(podman's init-container race; playing again)"
-    podman kube down "$work/pod.yaml" >/dev/null 2>&1 || true
-    podman pod rm -f skiff-pt >/dev/null 2>&1 || true
-done
+podman kube play --build=false --configmap "$work/configmap.yaml" "$work/pod.yaml" >/dev/null
 
 step "the pod's network namespace: the init container's rules"
 infra=$(podman pod inspect skiff-pt --format '{{.InfraContainerID}}')
