@@ -55,13 +55,13 @@ async fn ready_and_live_once_built() {
     // reference is generated from) answers.
     assert_eq!(
         rsp.text(),
-        "not found: try / /stats /ready /live /metrics /config /logging /clusters\n"
+        "not found: try / /stats /ready /live /metrics /config /logging /shutdown /clusters\n"
     );
     for (path, _) in skiff::admin::ENDPOINTS {
         let rsp = admin.get(path).await;
-        // `/logging` changes things: POST only.
+        // `/logging` and `/shutdown` change things: POST only.
         let want = match path {
-            "/logging" => StatusCode::METHOD_NOT_ALLOWED,
+            "/logging" | "/shutdown" => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::OK,
         };
         assert_eq!(rsp.status, want, "{path}: {rsp:?}");
