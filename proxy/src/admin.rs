@@ -98,6 +98,13 @@ fn app_probes() -> &'static std::collections::HashMap<String, AppProbe> {
 /// own connection), with the kubelet's rule: 200 to 399 is healthy.
 async fn app_health(probe: AppProbe) -> Response<Body> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The path goes into a request line: no spaces or control characters.
+    if !probe.path.starts_with('/') || probe.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the app's probe path is not a plain path\n",
+        );
+    }
     let ask = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", probe.port)).await?;
         let req = format!(

@@ -240,6 +240,8 @@ pub struct Bound {
     reloader: Option<JoinHandle<()>>,
     /// Config sources (the file watcher); stopped with the proxy.
     background: Vec<JoinHandle<()>>,
+    /// When a sidecar's shutdown must be over (set by `drain_inbound_first`).
+    deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Bound {
@@ -342,6 +344,8 @@ impl Bound {
     pub async fn drain_inbound_first(&self) {
         use skiff_control::model::Direction;
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        // One deadline for the whole shutdown: wait_termination keeps it.
+        let _ = self.deadline.set(deadline);
         {
             let base = self.shared.base.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.ready.store(false, Ordering::Release);
@@ -394,7 +398,11 @@ impl Bound {
     /// Resolves once a drain has started and every connection has finished,
     /// or the drain timeout has passed.
     pub async fn wait_termination(mut self) -> Result<(), BuildError> {
-        let timeout = self.drain_timeout;
+        // After drain_inbound_first, what is left of its deadline.
+        let timeout = match self.deadline.get() {
+            Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+            None => self.drain_timeout,
+        };
         if tokio::time::timeout(timeout, self.signal.drained())
             .await
             .is_err()
@@ -557,5 +565,6 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         admin_task,
         reloader,
         background: Vec::new(),
+        deadline: std::sync::OnceLock::new(),
     })
 }

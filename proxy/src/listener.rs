@@ -569,13 +569,22 @@ const PASSTHROUGH_CONNECT: Duration = Duration::from_secs(5);
 pub fn original_destination(stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let sock = socket2::SockRef::from(stream);
-    let dst = match local {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+    // An IPv4 client of a listener on [::] arrives as an IPv4-mapped
+    // address, and was redirected by iptables, not ip6tables.
+    let v4 = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+    };
+    let dst = match v4 {
+        true => sock.original_dst_v4(),
+        false => sock.original_dst_v6(),
     }
     .ok()?
     .as_socket()?;
-    (dst != local).then_some(dst)
+    let same = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+    };
+    (!same(dst, local)).then_some(dst)
 }
 
 /// One connection of a transparent listener. Its protocol is detected, not
@@ -589,7 +598,6 @@ async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, w
     let Some(t) = &state.transparent else {
         return;
     };
-    let local = stream.local_addr().ok();
     let dst = original_destination(&stream);
     let mut first = [0u8; 1];
     match tokio::time::timeout(t.detect_timeout, stream.peek(&mut first)).await {
@@ -601,7 +609,18 @@ async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, w
         return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await;
     };
     let mut handler = handler.clone();
-    handler.dst = dst.or(local);
+    // Only a redirected connection has a destination: one made to the
+    // listener itself has none (falling back to the listener's own address
+    // would send a passthrough cluster back here, in a loop).
+    handler.dst = dst;
+    let strict = state
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode() == skiff_control::model::TlsMode::Strict);
+    if first[0] != protocol::TLS_HANDSHAKE_RECORD && strict {
+        debug!("plaintext on a strict mTLS listener: closed");
+        return;
+    }
     if first[0] == protocol::TLS_HANDSHAKE_RECORD {
         match &state.tls {
             Some(tls) => {

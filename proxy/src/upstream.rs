@@ -115,7 +115,7 @@ impl Cluster {
         start: Instant,
     ) -> Result<Response<Body>, BoxError> {
         let to = destination(self, rewrite, req.extensions().get::<Destination>())?;
-        let ep = self.destination(to);
+        let ep = self.destination(to, &state.settings);
         if let Some(slot) = req.extensions().get::<Picked>() {
             slot.set(ep.id());
         }
@@ -520,7 +520,7 @@ pub async fn connect_tcp(
     let state = cluster.state();
     if let Some(rewrite) = state.settings.passthrough {
         let to = destination(cluster, rewrite, dst)?;
-        let ep = cluster.destination(to);
+        let ep = cluster.destination(to, &state.settings);
         let stream = state.settings.connect_tcp(&ep).await?;
         return Ok((stream, to));
     }

@@ -270,7 +270,9 @@ fn the_configs_in_the_manifests_load() {
     let text = std::fs::read_to_string(deploy().join("demo/proxy-config.yaml")).unwrap();
     let cm: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let yaml = cm["data"]["skiff.yaml"].as_str().unwrap();
-    let vars = skiff_control::Vars::process().with("POD_NAME", "demo-client-1");
+    let vars = skiff_control::Vars::process()
+        .with("POD_NAME", "demo-client-1")
+        .with("POD_IP", "10.0.0.7");
     if let Err(e) = skiff_control::load_str_with(yaml, "skiff-proxy/skiff.yaml", &vars) {
         panic!("{e}");
     }

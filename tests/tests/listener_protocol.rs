@@ -141,3 +141,38 @@ bad-request: this is not an HTTP/1.1 request\n";
     }
     assert_eq!(app.requests(), 0);
 }
+
+/// A connection made straight to a transparent listener (not redirected)
+/// has no original destination: a passthrough route answers 503 with a
+/// reason, instead of sending the request back to the listener itself, in
+/// a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transparent_listener_never_sends_a_direct_connection_to_itself() {
+    let proxy = integration_tests::Proxy::start(
+        "admin: { address: 127.0.0.1:0 }
+listeners:
+  - { name: capture, address: 127.0.0.1:0, transparent: true, routes: out }
+routes:
+  out:
+    - cluster: passthrough
+clusters:
+  passthrough:
+    discovery: original_destination
+    original_destination: { host: 127.0.0.1 }
+",
+    )
+    .await;
+    let rsp = integration_tests::Client::http1(proxy.addr("capture"))
+        .await
+        .get("/")
+        .await;
+    assert_eq!(rsp.status, 503, "{rsp:?}");
+    assert_eq!(rsp.header("skiff-error"), Some("no-healthy-endpoints"));
+    let active = proxy.metrics().await;
+    let line = active
+        .lines()
+        .find(|l| l.starts_with("skiff_connections_total{listener=\"capture\"}"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.ends_with(" 1"), "one connection, no loop: {line}");
+}

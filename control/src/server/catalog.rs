@@ -153,6 +153,28 @@ fn fragment(path: &Path, vars: &Vars, errors: &mut Vec<ConfigError>) -> Option<F
         ("control", c.control.is_some()),
     ];
     let before = errors.len();
+    // What the xDS mapping cannot carry yet: refused here, not served
+    // without it.
+    for (table, routes) in &c.routes {
+        for (i, r) in routes.iter().enumerate() {
+            if r.matches.port.is_some() {
+                let path = format!("routes.{table}[{i}].match.port");
+                errors.push(f.at(
+                    &path,
+                    format!("{path}: not carried over xDS yet; put this route table in the proxy's own file"),
+                ));
+            }
+        }
+    }
+    for (i, l) in c.listeners.iter().enumerate() {
+        if l.transparent && l.cluster.is_some() {
+            let path = format!("listeners[{i}].cluster");
+            errors.push(f.at(
+                &path,
+                format!("{path}: a transparent listener's cluster is not carried over xDS yet; put this listener in the proxy's own file"),
+            ));
+        }
+    }
     for (name, cluster) in &c.clusters {
         if cluster.original_destination.is_some() {
             let path = format!("clusters.{name}.original_destination");

@@ -26,6 +26,10 @@ pub(super) struct Args {
     /// The outbound capture listener's port.
     #[arg(long, default_value_t = 15001)]
     outbound_capture_port: u16,
+    /// The proxy's admin port: never captured inbound (a captured admin
+    /// request would reach it from loopback, where it trusts callers).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
     /// Inbound ports to capture, comma-separated; `*` for every port not excluded.
     #[arg(long, default_value = "*")]
     inbound_ports: String,
@@ -60,9 +64,8 @@ enum Ipv6 {
     Off,
 }
 
-/// The proxy's own ports: never captured inbound (admin, capture
-/// listeners, control feed).
-const OWN_PORTS: [u16; 4] = [15000, 15001, 15006, 15010];
+/// The control feed's port, never captured inbound either.
+const CONTROL_PORT: u16 = 15010;
 
 pub(super) fn iptables(args: Args) -> ExitCode {
     match run(&args) {
@@ -130,7 +133,13 @@ fn rules(args: &Args) -> Result<Rules, String> {
             })
             .collect::<Result<_, _>>()?,
     };
-    let mut exclude_inbound_ports = OWN_PORTS.to_vec();
+    // The proxy's own ports, as configured: admin, the capture listeners.
+    let mut exclude_inbound_ports = vec![
+        args.admin_port,
+        args.outbound_capture_port,
+        args.inbound_capture_port,
+        CONTROL_PORT,
+    ];
     for p in &args.exclude_inbound_ports {
         if !exclude_inbound_ports.contains(p) {
             exclude_inbound_ports.push(*p);

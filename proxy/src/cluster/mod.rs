@@ -155,6 +155,8 @@ pub struct Settings {
     pub policy: ClusterPolicy,
     /// `tls.server_identity`: originate mTLS.
     pub(crate) tls: Option<Connector>,
+    /// `tls.server_identity`, shared: what a passthrough endpoint is keyed by.
+    pub(crate) identity: Option<Arc<str>>,
     /// `discovery: original_destination`: each request goes where its
     /// connection was going, to `original_destination.host` when set.
     pub(crate) passthrough: Option<Option<std::net::IpAddr>>,
@@ -178,8 +180,12 @@ pub struct Cluster {
     /// A passthrough cluster's endpoints, one per destination met: each
     /// keeps its pool across requests (the app calling one service over and
     /// over reuses connections). Bounded by [`MAX_DESTINATIONS`].
-    destinations: Mutex<HashMap<std::net::SocketAddr, Arc<Endpoint>>>,
+    destinations: Mutex<HashMap<Destination, Arc<Endpoint>>>,
 }
+
+/// A passthrough cluster's endpoint key: the address, and the identity its
+/// TLS connections verify.
+type Destination = (std::net::SocketAddr, Option<Arc<str>>);
 
 /// Destinations a passthrough cluster keeps pools for; past it, those no
 /// request is using are let go first.
@@ -207,9 +213,17 @@ impl Cluster {
     /// A passthrough cluster's endpoint for `to`: the one kept for it, or a
     /// new one. A short lock per request on this cluster only; the map
     /// holds one entry per destination the app talks to.
-    pub(crate) fn destination(&self, to: std::net::SocketAddr) -> Arc<Endpoint> {
+    /// Keyed by the identity its TLS connections verify too: a settings
+    /// change (mTLS added, another identity) must not reuse connections
+    /// made, or verified, under the old ones.
+    pub(crate) fn destination(
+        &self,
+        to: std::net::SocketAddr,
+        settings: &Settings,
+    ) -> Arc<Endpoint> {
+        let key = (to, settings.identity.clone());
         let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ep) = map.get(&to) {
+        if let Some(ep) = map.get(&key) {
             return ep.clone();
         }
         if map.len() >= MAX_DESTINATIONS {
@@ -219,7 +233,7 @@ impl Cluster {
         }
         let ep = Arc::new(Endpoint::new(&to.to_string()));
         if map.len() < MAX_DESTINATIONS {
-            map.insert(to, ep.clone());
+            map.insert(key, ep.clone());
         }
         ep
     }
@@ -442,6 +456,10 @@ fn settings(
             .tls
             .as_ref()
             .map(|t| Connector::new(identity, &t.server_identity)),
+        identity: c
+            .tls
+            .as_ref()
+            .map(|t| Arc::from(t.server_identity.as_str())),
         passthrough: (c.discovery == Some(model::Discovery::OriginalDestination)).then(|| {
             c.original_destination
                 .as_ref()

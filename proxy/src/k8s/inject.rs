@@ -249,6 +249,11 @@ fn inject_one(doc: &mut Value, options: &Options) -> Result<bool, String> {
         .get_mut("spec")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| format!("{kind}: the pod template has no spec"))?;
+    // A pod on the node's network: skiff-init would rewrite the node's nat
+    // table. Left alone, as Istio does.
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(false);
+    }
 
     // The app's probes an earlier run rewrote, before its sidecar goes.
     let mut probes = earlier_probes(spec);

@@ -43,6 +43,11 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// `strict` (mTLS only) or `permissive`.
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
     /// `alpn`: what the listener speaks (`h2`, `http/1.1`), in preference order.
     pub fn new(
         identity: &Arc<Identity>,
