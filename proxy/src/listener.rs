@@ -108,6 +108,7 @@ impl ListenerState {
                         limits: protocol::HeadLimits::of(l),
                     }),
                     peer: None,
+                    xfcc: None,
                     dst: None,
                 },
             },
@@ -477,7 +478,7 @@ pub async fn run(
                 let (servers, mut handler) = (servers.clone(), handler.clone());
                 tokio::spawn(async move {
                     if let Some(Accepted { io, peer }) = tls.accept(stream).await {
-                        handler.peer = peer;
+                        handler.set_peer(peer);
                         server::serve_connection(io, servers, handler, watch).await;
                     }
                     drop(guard);
@@ -625,7 +626,7 @@ async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, w
         match &state.tls {
             Some(tls) => {
                 if let Some(Accepted { io, peer }) = tls.accept(stream).await {
-                    handler.peer = peer;
+                    handler.set_peer(peer);
                     server::serve_connection(io, servers.clone(), handler, watch).await;
                 }
             }

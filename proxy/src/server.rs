@@ -49,12 +49,22 @@ pub struct Handler {
     pub listener: Arc<ListenerCtx>,
     /// The connection's verified SPIFFE ID; `None` for plaintext.
     pub peer: Option<PeerIdentity>,
+    /// `x-forwarded-client-cert` for the peer, made once per connection.
+    pub xfcc: Option<http::HeaderValue>,
     /// Where the connection was originally going (a transparent listener):
     /// set on each request for `match.port` and passthrough clusters.
     pub dst: Option<std::net::SocketAddr>,
 }
 
 impl Handler {
+    /// The connection's verified identity, and its `x-forwarded-client-cert`.
+    pub fn set_peer(&mut self, peer: Option<PeerIdentity>) {
+        self.xfcc = peer
+            .as_ref()
+            .and_then(|p| http::HeaderValue::from_str(&format!("URI={}", p.0)).ok());
+        self.peer = peer;
+    }
+
     /// `drain` is the connection's: an upgraded connection outlives the
     /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
     pub async fn handle(self, mut req: Request<Incoming>, drain: &Arc<Watch>) -> Response<Body> {
@@ -72,7 +82,7 @@ impl Handler {
                 .insert(skiff_filters::route::Destination(dst));
         }
         if self.listener.direction == Direction::Inbound {
-            forwarded_client_cert(&mut req, self.peer.as_ref());
+            forwarded_client_cert(&mut req, self.xfcc.as_ref());
         }
         let grpc = classify::is_grpc(req.headers());
         // The head is checked as the client sent it, before Skiff adds to it.
@@ -541,13 +551,13 @@ fn log_end(
 /// inbound listener: whatever a client sent is removed (it could claim any
 /// identity), and a caller that proved its identity with mTLS is named,
 /// `URI=spiffe://...`, so the app behind the sidecar knows who called.
-fn forwarded_client_cert<B>(req: &mut Request<B>, peer: Option<&PeerIdentity>) {
-    const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+fn forwarded_client_cert<B>(req: &mut Request<B>, xfcc: Option<&http::HeaderValue>) {
     let headers = req.headers_mut();
     headers.remove(XFCC);
-    if let Some(peer) = peer
-        && let Ok(v) = http::HeaderValue::from_str(&format!("URI={}", peer.0))
-    {
-        headers.insert(XFCC, v);
+    if let Some(v) = xfcc {
+        // A clone of a HeaderValue shares its bytes: no allocation.
+        headers.insert(XFCC, v.clone());
     }
 }
+
+const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");

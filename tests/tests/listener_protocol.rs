@@ -176,3 +176,40 @@ clusters:
         .to_owned();
     assert!(line.ends_with(" 1"), "one connection, no loop: {line}");
 }
+
+/// An inbound listener removes an `x-forwarded-client-cert` a client sent:
+/// a plaintext caller cannot claim an identity to the app behind it.
+/// (With mTLS it names the caller's verified identity: proxy/tests/netns.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_client_cert_header_never_reaches_the_app() {
+    let backend = integration_tests::Backend::auto().spawn().await;
+    let proxy = integration_tests::Proxy::start(&format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, direction: inbound, routes: all }}
+  - {{ name: out, address: 127.0.0.1:0, direction: outbound, routes: all }}
+routes:
+  all:
+    - cluster: app
+clusters:
+  app:
+    endpoints: [{}]
+",
+        backend.addr()
+    ))
+    .await;
+    let forged = [(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/x/sa/admin",
+    )];
+    let mut inbound = integration_tests::Client::http1(proxy.addr("in")).await;
+    let seen = inbound.get_with("/", &forged).await.seen();
+    assert_eq!(seen.header("x-forwarded-client-cert"), None, "{seen:?}");
+    // Outbound is the app's own traffic: passed on as the app sent it.
+    let mut outbound = integration_tests::Client::http1(proxy.addr("out")).await;
+    let seen = outbound.get_with("/", &forged).await.seen();
+    assert_eq!(
+        seen.header("x-forwarded-client-cert"),
+        Some("URI=spiffe://cluster.local/ns/x/sa/admin")
+    );
+}
