@@ -61,6 +61,8 @@ pub struct Shared {
     /// `POST /shutdown` (a Job whose app has finished): `skiff run` waits
     /// on it as on SIGTERM.
     pub shutdown: tokio::sync::Notify,
+    /// Set once a shutdown starts: `/ready` stays 503 whatever is applied.
+    stopping: AtomicBool,
     /// The control feed's state, when `control:` is set: for `/config`.
     pub feed: std::sync::OnceLock<Arc<skiff_control::source::xds::FeedStatus>>,
     /// One apply at a time: plans are made against the running state and
@@ -188,6 +190,18 @@ impl Shared {
         applied
     }
 
+    /// Turns `/ready` to 503 under the drain's lock, so a config applied
+    /// meanwhile cannot turn it back; with `stop_base`, no new listener may
+    /// start either (the process's drain).
+    fn not_ready(&self, stop_base: bool) {
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        if stop_base {
+            base.take();
+        }
+        self.stopping.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+    }
+
     /// Notes a config that was not applied, for `/config`.
     pub fn rejected(&self, source: &str, problems: Vec<String>) {
         let at = std::time::SystemTime::now()
@@ -313,8 +327,8 @@ impl Bound {
                 if shared.deliver("control", delivery) {
                     // Under the lock `drain` takes: a drain that started
                     // meanwhile keeps /ready at 503.
-                    let base = shared.base.lock().unwrap_or_else(|p| p.into_inner());
-                    if base.is_some() {
+                    let _base = shared.base.lock().unwrap_or_else(|p| p.into_inner());
+                    if !shared.stopping.load(Ordering::Acquire) {
                         shared.ready.store(true, Ordering::Release);
                     }
                 }
@@ -346,11 +360,7 @@ impl Bound {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         // One deadline for the whole shutdown: wait_termination keeps it.
         let _ = self.deadline.set(deadline);
-        {
-            let base = self.shared.base.lock().unwrap_or_else(|p| p.into_inner());
-            self.shared.ready.store(false, Ordering::Release);
-            drop(base);
-        }
+        self.shared.not_ready(false);
         let inbound = self.shared.listeners.drain_direction(Direction::Inbound);
         info!(?inbound, "draining inbound; outbound keeps serving the app");
         let open = |names: &[String]| -> i64 {
@@ -388,10 +398,7 @@ impl Bound {
         // The base watch counts as work in flight: let it go, and let no
         // new listener start. /ready turns 503 under the same lock, so a
         // config applied meanwhile cannot turn it back.
-        let mut base = self.shared.base.lock().unwrap_or_else(|p| p.into_inner());
-        base.take();
-        self.shared.ready.store(false, Ordering::Release);
-        drop(base);
+        self.shared.not_ready(true);
         self.signal.drain();
     }
 
@@ -532,6 +539,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         tracing: Mutex::new(spans),
         feed: std::sync::OnceLock::new(),
         shutdown: tokio::sync::Notify::new(),
+        stopping: AtomicBool::new(false),
         applying: Mutex::new(()),
     });
     let listeners =

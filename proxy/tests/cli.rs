@@ -481,6 +481,28 @@ fn every_flag_has_help() {
     assert!(help.contains("for log collectors"), "{help}");
 }
 
+/// The field `key` of the startup log line whose message is `message`.
+fn logged(startup: &[serde_json::Value], message: &str, key: &str) -> String {
+    startup
+        .iter()
+        .find(|v| v["fields"]["message"] == message)
+        .and_then(|v| v["fields"][key].as_str().map(str::to_owned))
+        .unwrap()
+}
+
+/// `METHOD TARGET` on the admin port at `admin`, body empty; the whole answer.
+fn admin_request(admin: &str, method: &str, target: &str) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// SIGTERM, as Kubernetes and Ctrl-C stop Skiff; the exit code.
 fn terminate(child: &mut std::process::Child) -> Option<i32> {
     let sent = Command::new("kill")
@@ -499,28 +521,11 @@ fn the_log_level_changes_at_runtime() {
     let path = write_config(&dir, "ok.yaml", MINIMAL);
     let (mut child, mut stderr) = run_json(&path);
     let startup = until_ready(&mut stderr);
-    let field = |message: &str, key: &str| {
-        startup
-            .iter()
-            .find(|v| v["fields"]["message"] == message)
-            .and_then(|v| v["fields"][key].as_str().map(str::to_owned))
-            .unwrap()
-    };
     let (admin, listener) = (
-        field("admin listening", "admin"),
-        field("listening", "addr"),
+        logged(&startup, "admin listening", "admin"),
+        logged(&startup, "listening", "addr"),
     );
-    let post = |query: &str| {
-        let mut s = TcpStream::connect(&admin).unwrap();
-        write!(
-            s,
-            "POST /logging{query} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let post = |query: &str| admin_request(&admin, "POST", &format!("/logging{query}"));
     assert!(post("").starts_with("HTTP/1.1 400"));
     assert!(post("?level=skiff%3Dnope%3D").starts_with("HTTP/1.1 400"));
     let set = post("?level=skiff%3Ddebug");
@@ -548,22 +553,8 @@ fn post_shutdown_ends_the_process() {
     let path = write_config(&dir, "ok.yaml", MINIMAL);
     let (mut child, mut stderr) = run_json(&path);
     let startup = until_ready(&mut stderr);
-    let admin = startup
-        .iter()
-        .find(|v| v["fields"]["message"] == "admin listening")
-        .and_then(|v| v["fields"]["admin"].as_str().map(str::to_owned))
-        .unwrap();
-    let ask = |method: &str| {
-        let mut s = TcpStream::connect(&admin).unwrap();
-        write!(
-            s,
-            "{method} /shutdown HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let admin = logged(&startup, "admin listening", "admin");
+    let ask = |method: &str| admin_request(&admin, method, "/shutdown");
     assert!(ask("GET").starts_with("HTTP/1.1 405"));
     assert!(ask("POST").starts_with("HTTP/1.1 200"));
     let status = child.wait().unwrap();
@@ -607,21 +598,14 @@ fn the_apps_probes_are_answered_through_the_admin_port() {
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let startup = until_ready(&mut stderr);
-    let admin = startup
-        .iter()
-        .find(|v| v["fields"]["message"] == "admin listening")
-        .and_then(|v| v["fields"]["admin"].as_str().map(str::to_owned))
-        .unwrap();
+    let admin = logged(&startup, "admin listening", "admin");
     let status = |path: &str| {
-        let mut s = TcpStream::connect(&admin).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_whitespace().nth(1).unwrap_or_default().to_owned()
+        let answer = admin_request(&admin, "GET", path);
+        answer
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
     };
     assert_eq!(status("/app-health/app/readiness"), "200");
     assert_eq!(status("/app-health/app/liveness"), "503");

@@ -8,6 +8,14 @@ use serde_json::Value;
 use skiff_control::server::status::Registry;
 use skiff_control::server::{self, Options, Running};
 
+/// The four resource types by their short names, as `/status` keys them.
+pub const ALL_TYPES: [&str; 4] = [
+    "Cluster",
+    "ClusterLoadAssignment",
+    "Listener",
+    "RouteConfiguration",
+];
+
 /// A control plane on `127.0.0.1:0` serving the files a test writes.
 pub struct Control {
     running: Option<Running>,

@@ -10,12 +10,7 @@ use integration_tests::{Backend, Client, Control, Greeter, Proxy, guard};
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
-const ALL: [&str; 4] = [
-    "Cluster",
-    "ClusterLoadAssignment",
-    "Listener",
-    "RouteConfiguration",
-];
+use integration_tests::control::ALL_TYPES as ALL;
 
 /// Listener `main` → table `main` → cluster `web` at `endpoint`.
 fn web(endpoint: SocketAddr) -> String {

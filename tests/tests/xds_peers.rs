@@ -31,12 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-const ALL: [&str; 4] = [
-    "Cluster",
-    "ClusterLoadAssignment",
-    "Listener",
-    "RouteConfiguration",
-];
+use integration_tests::control::ALL_TYPES as ALL;
 
 fn web(endpoint: SocketAddr) -> String {
     format!(
@@ -340,6 +335,33 @@ fn name_of(any: &Any) -> String {
     }
 }
 
+/// Route configuration `local_route`: one virtual host `vhost` for every
+/// domain, sending every path to `cluster`.
+fn local_route(vhost: &str, cluster: &str) -> xr::RouteConfiguration {
+    xr::RouteConfiguration {
+        name: "local_route".to_owned(),
+        virtual_hosts: vec![xr::VirtualHost {
+            name: vhost.to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![xr::Route {
+                r#match: Some(xr::RouteMatch {
+                    path_specifier: Some(xr::route_match::PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(xr::route::Action::Route(xr::RouteAction {
+                    cluster_specifier: Some(xr::route_action::ClusterSpecifier::Cluster(
+                        cluster.to_owned(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 fn ads() -> core::ConfigSource {
     core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
@@ -408,28 +430,7 @@ fn resources(endpoint: SocketAddr, filter: Option<&str>) -> BTreeMap<String, Vec
         }],
         ..Default::default()
     };
-    let route = xr::RouteConfiguration {
-        name: "local_route".to_owned(),
-        virtual_hosts: vec![xr::VirtualHost {
-            name: "local_service".to_owned(),
-            domains: vec!["*".to_owned()],
-            routes: vec![xr::Route {
-                r#match: Some(xr::RouteMatch {
-                    path_specifier: Some(xr::route_match::PathSpecifier::Prefix("/".to_owned())),
-                    ..Default::default()
-                }),
-                action: Some(xr::route::Action::Route(xr::RouteAction {
-                    cluster_specifier: Some(xr::route_action::ClusterSpecifier::Cluster(
-                        "service".to_owned(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let route = local_route("local_service", "service");
     let cluster = xc::Cluster {
         name: "service".to_owned(),
         connect_timeout: Some(PbDuration {
@@ -596,28 +597,7 @@ async fn a_hostile_control_plane_never_gets_a_half_config_in() {
     serves_a().await;
 
     // A route configuration sending to a cluster that never comes.
-    let ghost = xr::RouteConfiguration {
-        name: "local_route".to_owned(),
-        virtual_hosts: vec![xr::VirtualHost {
-            name: "v".to_owned(),
-            domains: vec!["*".to_owned()],
-            routes: vec![xr::Route {
-                r#match: Some(xr::RouteMatch {
-                    path_specifier: Some(xr::route_match::PathSpecifier::Prefix("/".to_owned())),
-                    ..Default::default()
-                }),
-                action: Some(xr::route::Action::Route(xr::RouteAction {
-                    cluster_specifier: Some(xr::route_action::ClusterSpecifier::Cluster(
-                        "ghost".to_owned(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let ghost = local_route("v", "ghost");
     inject
         .send(raw(ROUTE, vec![pack_any(ghost)], "x4"))
         .unwrap();
