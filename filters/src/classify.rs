@@ -17,7 +17,10 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The `grpc-status` code carried in a header block, if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    let v = headers.get("grpc-status")?;
+    // A prepared name: looking up by `&str` parses and validates the name
+    // on every call, twice per request on the data path.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let v = headers.get(&GRPC_STATUS)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
