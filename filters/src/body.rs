@@ -38,8 +38,11 @@ pub enum Body {
     /// bad chunk, a client gone mid-body) are the client's doing, so they
     /// surface as `bad-request`, never as an upstream's `upstream-reset`.
     Request(RequestBody),
-    /// A response body whose end (trailers included) completes a telemetry record.
-    Recorded(Incoming, Recorder),
+    /// A response body whose end (trailers included) completes a telemetry
+    /// record: hyper's, or the inline HTTP/1 client's (`Boxed`). Boxed with
+    /// its 144-byte recorder, so that every `Body`, and every request and
+    /// response moved through the layers, stays small (64 bytes, not 152).
+    Recorded(Box<(Body, Recorder)>),
     /// A request body that a retry can send again; see [`ReplayBody`].
     Replay(ReplayBody),
     /// A response body whose first frames were read ahead (to see a gRPC
@@ -54,7 +57,7 @@ pub enum Body {
     /// A response body that must end by the route's deadline; see
     /// [`DeadlineBody`]. Boxed: only routes with a timeout pay for it.
     Deadline(Box<DeadlineBody>),
-    /// Any other body (adapters, tests); boxed, so off the hot path.
+    /// Any other body: the inline HTTP/1 client's responses, adapters, tests.
     Boxed(BoxBody<Bytes, BoxError>),
 }
 
@@ -78,7 +81,9 @@ impl Body {
     /// a recorder (ones Skiff made) record now.
     pub fn with_recorder(self, mut rec: Recorder) -> Body {
         match self {
-            Body::Incoming(b) => Body::Recorded(b, rec),
+            streamed @ (Body::Incoming(_) | Body::Boxed(_)) => {
+                Body::Recorded(Box::new((streamed, rec)))
+            }
             Body::Peeked { frames, rest } => {
                 for t in frames.iter().filter_map(Frame::trailers_ref) {
                     rec.observe_trailers(t);
@@ -131,7 +136,8 @@ impl http_body::Body for Body {
                     .with_source(e)
                     .into()
             }),
-            Body::Recorded(b, rec) => {
+            Body::Recorded(pair) => {
+                let (b, rec) = &mut **pair;
                 let polled = Pin::new(b).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(trailers) = frame.trailers_ref() {
@@ -140,7 +146,7 @@ impl http_body::Body for Body {
                         rec.observe_data(data.len());
                     }
                 }
-                polled.map_err(Into::into)
+                polled
             }
             Body::Replay(b) => b.poll_frame(cx),
             Body::Peeked { frames, rest } => match frames.pop_front() {
@@ -157,7 +163,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
-            Body::Incoming(b) | Body::Recorded(b, _) => b.is_end_stream(),
+            Body::Incoming(b) => b.is_end_stream(),
+            Body::Recorded(pair) => pair.0.is_end_stream(),
             Body::Request(b) => b.inner.as_ref().is_none_or(|b| b.is_end_stream()),
             Body::Replay(b) => b.is_end_stream(),
             Body::Peeked { frames, rest } => frames.is_empty() && rest.is_end_stream(),
@@ -171,7 +178,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(b) | Body::Recorded(b, _) => b.size_hint(),
+            Body::Incoming(b) => b.size_hint(),
+            Body::Recorded(pair) => pair.0.size_hint(),
             Body::Request(b) => b
                 .inner
                 .as_ref()

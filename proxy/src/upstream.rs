@@ -33,10 +33,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+pub(crate) mod inline_h1;
+
 /// A byte stream to an endpoint: plain TCP, or TLS over it when the cluster
 /// originates mTLS. Boxed once per connection, never per request.
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+/// Sync so that a response body holding its connection (`inline_h1`) is one.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 
 pub type BoxIo = Box<dyn Io>;
 
@@ -164,7 +167,7 @@ impl Cluster {
 impl Settings {
     pub(crate) async fn send_to(
         &self,
-        ep: &Endpoint,
+        ep: &Arc<Endpoint>,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrading = headers::is_upgrade(req.headers());
@@ -174,12 +177,17 @@ impl Settings {
                 ClusterProtocol::Http1 => false,
                 ClusterProtocol::Auto => req.version() == Version::HTTP_2,
             };
-        let rsp = if h2 {
-            self.send_h2(ep, to_h2(req, &ep.address)?).await?
+        let mut rsp = if h2 {
+            self.send_h2(ep, to_h2(req, &ep.address)?)
+                .await?
+                .map(Body::Incoming)
+        } else if !upgrading && http_body::Body::is_end_stream(req.body()) {
+            self.send_inline(ep, to_h1(req, &ep.address)).await?
         } else {
-            self.send_h1(ep, to_h1(req, &ep.address), upgrading).await?
+            self.send_h1(ep, to_h1(req, &ep.address), upgrading)
+                .await?
+                .map(Body::Incoming)
         };
-        let mut rsp = rsp.map(Body::Incoming);
         let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         Ok(rsp)
@@ -270,16 +278,45 @@ impl Settings {
                         debug!(endpoint = %ep.address, "pooled connection closed, trying another");
                         req = unsent;
                     }
-                    None => return Err(reset(ep, e.into_error())),
+                    None => return Err(reset_hyper(ep, e.into_error())),
                 },
             }
         }
         // Boxed: connecting (TCP, maybe TLS) is the rare path, and its large
         // future would otherwise be copied with every request's future.
         let mut conn = Box::pin(self.new_h1(ep)).await?;
-        let rsp = conn.send_request(req).await.map_err(|e| reset(ep, e))?;
+        let rsp = conn
+            .send_request(req)
+            .await
+            .map_err(|e| reset_hyper(ep, e))?;
         self.checkin_h1(ep, conn, upgrading);
         Ok(rsp)
+    }
+
+    /// A request without a body, over the inline HTTP/1 client: on a pooled
+    /// connection if one is idle and still open, else on a new one. A pooled
+    /// connection the server closed while it sat idle fails silently; the
+    /// request then goes on the next one (see `inline_h1::Failed::retry`).
+    async fn send_inline(
+        &self,
+        ep: &Arc<Endpoint>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        while let Some(conn) = checkout_inline(ep) {
+            match conn.send(&req, ep).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(failed) if failed.retry => {
+                    debug!(endpoint = %ep.address, error = %failed.error, "pooled connection closed, trying another");
+                }
+                Err(failed) => return Err(reset(ep, failed.error)),
+            }
+        }
+        // Boxed, as in `send_h1`: the connect path stays out of the request's future.
+        let (io, permit) = Box::pin(self.connect_pooled(ep, false)).await?;
+        inline_h1::Conn::new(io, permit)
+            .send(&req, ep)
+            .await
+            .map_err(|failed| reset(ep, failed.error))
     }
 
     async fn new_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<Body>, ProxyError> {
@@ -329,14 +366,14 @@ impl Settings {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(reset(ep, e.into_error())),
+                    None => return Err(reset_hyper(ep, e.into_error())),
                 },
             }
         }
         // Boxed for the same reason as `new_h1`: the slow path stays out of
         // every request's future.
         let mut conn = Box::pin(self.h2_connection(ep)).await?;
-        conn.send_request(req).await.map_err(|e| reset(ep, e))
+        conn.send_request(req).await.map_err(|e| reset_hyper(ep, e))
     }
 
     async fn h2_connection(&self, ep: &Endpoint) -> Result<http2::SendRequest<Body>, ProxyError> {
@@ -363,6 +400,26 @@ impl Settings {
     }
 }
 
+/// An idle inline connection that is still open, if the endpoint has one;
+/// closed ones found on the way are dropped.
+fn checkout_inline(ep: &Endpoint) -> Option<inline_h1::Conn> {
+    let mut idle = ep.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(mut conn) = idle.pop() {
+        if conn.is_open() {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// Pools an inline connection whose exchange ended cleanly.
+pub(crate) fn checkin_inline(ep: &Endpoint, conn: inline_h1::Conn) {
+    let mut idle = ep.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < MAX_IDLE_PER_ENDPOINT {
+        idle.push(conn);
+    }
+}
+
 fn connect_err(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     ProxyError::new(
         Reason::ConnectFailed,
@@ -372,7 +429,7 @@ fn connect_err(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     .at_endpoint(ep.id())
 }
 
-fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
+fn reset_hyper(ep: &Endpoint, e: hyper::Error) -> ProxyError {
     // hyper reports a failure of the request body it was sending as its own
     // error; when that body is the client's (`Body::Request`) and it broke
     // off, the client is to blame, and the endpoint is not named.
@@ -380,6 +437,11 @@ fn reset(ep: &Endpoint, e: hyper::Error) -> ProxyError {
         // The detail goes back to the client: no address in it.
         return ProxyError::new(Reason::BadRequest, "the request body broke off").with_source(e);
     }
+    reset(ep, e)
+}
+
+/// The endpoint failed before a complete response.
+fn reset(ep: &Endpoint, e: impl Into<BoxError>) -> ProxyError {
     ProxyError::new(
         Reason::UpstreamReset,
         format!("{} failed before a complete response", ep.address),

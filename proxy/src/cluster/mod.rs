@@ -48,6 +48,9 @@ pub struct Endpoint {
     /// Load and health, shared with the balancer and `/clusters`.
     pub stats: Arc<EndpointStats>,
     pub(crate) idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// Idle connections of the inline HTTP/1 client (requests without a
+    /// body; see `upstream::inline_h1`).
+    pub(crate) idle_inline: Mutex<Vec<crate::upstream::inline_h1::Conn>>,
     pub(crate) h2: arc_swap::ArcSwapOption<http2::SendRequest<Body>>,
     /// Serialises HTTP/2 connects so a burst opens one connection, not many.
     pub(crate) h2_connecting: tokio::sync::Mutex<()>,
@@ -59,6 +62,7 @@ impl Endpoint {
             address: address.to_owned(),
             stats: Arc::new(EndpointStats::new(address.to_owned())),
             idle_h1: Mutex::new(Vec::new()),
+            idle_inline: Mutex::new(Vec::new()),
             h2: arc_swap::ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
