@@ -41,7 +41,7 @@ pub enum Body {
     /// A response body whose end (trailers included) completes a telemetry
     /// record: hyper's, or the inline HTTP/1 client's (`Boxed`). Boxed with
     /// its 144-byte recorder, so that every `Body`, and every request and
-    /// response moved through the layers, stays small (64 bytes, not 152).
+    /// response moved through the layers, stays small (56 bytes, not 152).
     Recorded(Box<(Body, Recorder)>),
     /// A request body that a retry can send again; see [`ReplayBody`].
     Replay(ReplayBody),
