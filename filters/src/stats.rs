@@ -43,6 +43,16 @@ struct Window {
     slots: Vec<Slot>,
 }
 
+/// A handle on one (route, cluster)'s window.
+#[derive(Clone)]
+pub struct WindowRef(Arc<Mutex<Window>>);
+
+impl std::fmt::Debug for WindowRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowRef")
+    }
+}
+
 /// Each cluster's window of one route (a split has several).
 type Clusters = Vec<(Arc<str>, Arc<Mutex<Window>>)>;
 
@@ -80,6 +90,14 @@ impl Default for Stats {
 impl Stats {
     /// Records one request of `route` to `cluster`.
     pub fn record(&self, route: &Arc<str>, cluster: &Arc<str>, took: Duration, failed: bool) {
+        if let Some(window) = self.window(route, cluster) {
+            self.record_in(&window, took, failed);
+        }
+    }
+
+    /// `route` to `cluster`'s window, made on first use: a route target
+    /// keeps it (`telemetry::Meters`) and records without the lookup.
+    pub fn window(&self, route: &Arc<str>, cluster: &Arc<str>) -> Option<WindowRef> {
         let find = |all: &HashMap<Arc<str>, Clusters>| {
             all.get(&**route)?
                 .iter()
@@ -87,13 +105,12 @@ impl Stats {
                 .map(|(_, w)| w.clone())
         };
         let found = find(&self.windows.read().unwrap_or_else(|p| p.into_inner()));
-        let window = match found {
+        Some(WindowRef(match found {
             Some(w) => w,
             None => {
-                let Some(slots) = (0..SLOTS).map(|_| Slot::new()).collect::<Option<Vec<_>>>()
-                else {
-                    return;
-                };
+                let slots = (0..SLOTS)
+                    .map(|_| Slot::new())
+                    .collect::<Option<Vec<_>>>()?;
                 let mut all = self.windows.write().unwrap_or_else(|p| p.into_inner());
                 match find(&all) {
                     Some(w) => w,
@@ -106,9 +123,13 @@ impl Stats {
                     }
                 }
             }
-        };
+        }))
+    }
+
+    /// Records one request in a window [`Stats::window`] gave.
+    pub fn record_in(&self, window: &WindowRef, took: Duration, failed: bool) {
         let epoch = self.start.elapsed().as_secs() / SLOT_SECS;
-        let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = window.0.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut w.slots[(epoch % SLOTS as u64) as usize];
         if slot.epoch != epoch {
             slot.epoch = epoch;
