@@ -9,7 +9,7 @@
 //! `total_weight`, `append`): they are read, not refused.
 #![allow(deprecated)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3 as xc;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -446,29 +446,71 @@ fn route_table(
         .enumerate()
         .map(|(v, vh)| virtual_host(vh, &format!("virtual_hosts[{v}]"), r, hash_on))
         .collect();
-    // Routes of the `*` virtual host: a specific virtual host repeats them
-    // (that is how `encode` writes a route that names no host), and they
-    // are taken once, from `*`, as routes that name no host.
-    let wildcard: Vec<model::Route> = entries
+    // Envoy takes the routes of the most specific virtual host only; Skiff
+    // takes the first route of the whole table that matches. So each
+    // virtual host's routes, in order, go in with its domain as their host,
+    // the most specific domains first: a request skips the routes of
+    // domains its host does not match, and meets its own virtual host's
+    // routes before any other's it matches.
+    //
+    // A virtual host that ends with all the routes of the next wider one
+    // that covers its domain (the longest wildcard, else `*`) leaves them
+    // off: a request falling through its own routes meets that one's
+    // next, exactly as if they were repeated. That is how `encode` writes
+    // a table (each host's virtual host holds every route a request for it
+    // could match), so a table of 10,000 hosts and a catch-all comes back
+    // as 10,001 routes, not 20,000, and a file's table comes back as
+    // itself.
+    let by_domain: HashMap<&str, usize> = entries
         .iter()
-        .filter(|e| e.2 == "*")
-        .flat_map(|e| decoded[e.3].iter().cloned())
+        .filter(|e| e.0 > 0)
+        .map(|e| (e.2.as_str(), e.3))
         .collect();
+    let wider = |domain: &str| -> Option<usize> {
+        if domain == "*" {
+            return None;
+        }
+        domain
+            .char_indices()
+            .filter(|&(_, c)| c == '.')
+            .map(|(i, _)| format!("*{}", &domain[i..]))
+            .filter(|w| w != domain)
+            .find_map(|w| by_domain.get(w.as_str()).copied())
+            .or_else(|| by_domain.get("*").copied())
+    };
     let mut out: Vec<model::Route> = Vec::new();
-    for (_, _, domain, v) in entries {
-        for route in &decoded[v] {
-            if domain != "*" && wildcard.contains(route) {
-                continue;
-            }
+    // Compared whole only within a bucket of the same name, cluster and
+    // host: a table of 10,000 virtual hosts is not 10,000² comparisons.
+    let mut taken: HashMap<OwnedRouteKey, Vec<usize>> = HashMap::new();
+    for (_, _, domain, v) in &entries {
+        let routes = &decoded[*v];
+        let mut keep = routes.len();
+        if let Some(next) = wider(domain).map(|w| &decoded[w])
+            && !next.is_empty()
+            && routes.ends_with(next)
+        {
+            keep -= next.len();
+        }
+        for route in &routes[..keep] {
             let mut route = route.clone();
             route.matches.host = (domain != "*").then(|| domain.clone());
-            if !out.contains(&route) {
+            let key = (
+                route.matches.host.clone(),
+                route.name.clone(),
+                route.cluster.clone(),
+            );
+            let bucket = taken.entry(key).or_default();
+            if !bucket.iter().any(|&i| out[i] == route) {
+                bucket.push(out.len());
                 out.push(route);
             }
         }
     }
     out
 }
+
+/// What routes are bucketed by before being compared whole: host, name, cluster.
+type OwnedRouteKey = (Option<String>, Option<String>, Option<String>);
 
 fn virtual_host(
     mut vh: xr::VirtualHost,

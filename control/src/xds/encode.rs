@@ -268,8 +268,10 @@ fn connection_manager(l: &model::Listener) -> hcm::HttpConnectionManager {
 /// A route table as virtual hosts. Skiff takes the first route whose host
 /// (if it names one) matches; Envoy picks a virtual host by domain first.
 /// So each host named in the table gets a virtual host holding, in order,
-/// its own routes and every route that names no host, and a `*` virtual
-/// host holds the routes that name no host.
+/// every route a request for it could match: its own, those of wildcards
+/// that cover it (`*.example.com` covers `api.example.com` and
+/// `*.b.example.com`), and those that name no host; a `*` virtual host
+/// holds the routes that name no host.
 pub(crate) fn route_table(
     table: &str,
     routes: &[model::Route],
@@ -290,7 +292,7 @@ pub(crate) fn route_table(
             domains: vec![h.to_owned()],
             routes: routes
                 .iter()
-                .filter(|r| r.matches.host.as_deref().is_none_or(|rh| rh == h))
+                .filter(|r| r.matches.host.as_deref().is_none_or(|rh| covers(rh, h)))
                 .map(|r| route(r, config))
                 .collect(),
             ..Default::default()
@@ -314,6 +316,17 @@ pub(crate) fn route_table(
         virtual_hosts,
         ..Default::default()
     }
+}
+
+/// Whether every host that route host `host` admits, route host `pattern`
+/// admits too: the same host, or a wildcard whose suffix it ends with.
+fn covers(pattern: &str, host: &str) -> bool {
+    pattern.eq_ignore_ascii_case(host)
+        || pattern.strip_prefix('*').is_some_and(|suffix| {
+            host.len() > suffix.len()
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        })
 }
 
 fn string_exact(v: &str) -> matcher::StringMatcher {
