@@ -8,6 +8,7 @@ pub mod load;
 mod locate;
 pub mod model;
 pub mod server;
+mod shadow;
 pub mod source;
 pub mod spiffe;
 pub mod validate;

@@ -105,6 +105,15 @@ pub(crate) fn load_with_env(
 ) -> Result<Config, ConfigErrors> {
     let with_file = |problems: Vec<Problem>| in_file(file, problems);
     let expanded = expand(text, file, lookup)?;
+    // A config that parses and validates needs no positions: the index of
+    // where everything is (a second walk of the whole text, a map entry per
+    // key) is built only to place problems. For a file of 10,000 routes it
+    // was most of a reload's time (docs/benchmarks.md, "Mesh scale").
+    if let Ok(config) = serde_saphyr::from_str::<Config>(&expanded.text)
+        && validate::validate(&config).is_empty()
+    {
+        return Ok(config);
+    }
     let Parsed {
         config,
         index,

@@ -64,6 +64,9 @@ impl Config {
         if self.listeners.is_empty() && self.control.is_none() {
             warnings.push("no listeners: this config accepts no traffic".to_owned());
         }
+        for (table, routes) in &self.routes {
+            warnings.extend(crate::shadow::warnings(table, routes));
+        }
         warnings
     }
 }
