@@ -17,11 +17,11 @@ use skiff_control::model;
 use skiff_filters::access_log::AccessLog;
 use skiff_filters::authz::Policy;
 use skiff_filters::rate_limit::RateLimiter;
-use skiff_filters::route::{MatchError, Matcher, Split};
+use skiff_filters::route::{MatchError, Matcher, Split, Table};
 use skiff_filters::stack::{RouteContext, RouteService, route_stack};
 use skiff_filters::telemetry::Metrics;
 
-use crate::cluster::{Cluster, Plan};
+use crate::cluster::{Cluster, Plan, Settings};
 use crate::upstream::ClusterService;
 
 /// The compiled form of one config snapshot.
@@ -29,12 +29,12 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     /// When this config started serving.
     pub applied_at: std::time::SystemTime,
-    tables: HashMap<String, Arc<Vec<Route>>>,
+    tables: HashMap<String, Arc<Table<Arc<Route>>>>,
     /// Which table serves each listener socket, by the socket's key (see
     /// `listener::Running`), filled by [`Runtime::bind_listeners`]. Read per
     /// request, so a connection follows its listener's table as configs
     /// change, through renames, and while its listener drains after removal.
-    listeners: HashMap<Arc<str>, Arc<Vec<Route>>>,
+    listeners: HashMap<Arc<str>, Arc<Table<Arc<Route>>>>,
     /// The clusters this config names, by name, for `/clusters` and tcp listeners.
     pub clusters: Vec<Arc<Cluster>>,
     /// Each route's token bucket with the config it was built from, by
@@ -46,18 +46,34 @@ pub struct Runtime {
     pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
-/// One route of a table, ready to serve.
+/// One route of a table, ready to serve (its `match:` is the table's).
 pub struct Route {
     /// `TABLE/NAME` or `TABLE/INDEX`: the metrics label.
     pub label: Arc<str>,
-    matcher: Matcher,
     split: Split<Target>,
+}
+
+impl Route {
+    /// Whether each of its clusters will have the settings its stack was
+    /// built with.
+    fn built_against(&self, plan: &Plan) -> bool {
+        self.split.targets().all(|t| {
+            plan.get(&t.cluster)
+                .is_some_and(|(_, state)| Arc::ptr_eq(&state.settings, &t.settings))
+        })
+    }
 }
 
 /// A cluster behind a route, with the route's filters in front of it.
 pub struct Target {
     pub cluster: Arc<str>,
+    /// The cluster settings the stack was built with (its breaker and
+    /// retry budget): while the cluster keeps them, a new config with the
+    /// same route keeps this target.
+    settings: Arc<Settings>,
     pub service: RouteService,
+    /// Its metric handles, resolved on its first request.
+    pub meters: Arc<skiff_filters::telemetry::Meters>,
 }
 
 /// Why a validated config still could not be compiled.
@@ -99,8 +115,11 @@ pub enum CompileError {
 impl Runtime {
     /// Compiles `snapshot` against the clusters `plan` holds (built by
     /// `cluster::Clusters::plan` for this snapshot, not yet committed).
-    /// `previous` is the runtime being replaced: routes whose `rate_limit`
-    /// is unchanged keep their bucket.
+    /// `previous` is the runtime being replaced: a route whose config and
+    /// clusters' settings are unchanged is kept whole (its filter stack,
+    /// rate-limit bucket and metric handles), so a reload does work for
+    /// what changed; a changed route whose `rate_limit` is unchanged keeps
+    /// its bucket.
     pub fn compile(
         snapshot: Arc<Snapshot>,
         metrics: &Arc<Metrics>,
@@ -113,7 +132,16 @@ impl Runtime {
         let authorization = Arc::new(Policy::from_config(&config.authorization));
         let mut tables = HashMap::with_capacity(config.routes.len());
         let mut rate_limits = HashMap::new();
+        // Routes are kept only while the authorization rules their stacks
+        // check are the same.
+        let keep_from =
+            previous.filter(|p| p.snapshot.config.authorization == config.authorization);
         for (table, routes) in &config.routes {
+            let old = keep_from
+                .and_then(|p| Some((p.tables.get(table)?, p.snapshot.config.routes.get(table)?)));
+            let old_at: HashMap<&str, usize> = old
+                .map(|(t, _)| t.iter().enumerate().map(|(i, r)| (&*r.label, i)).collect())
+                .unwrap_or_default();
             let compiled = routes
                 .iter()
                 .enumerate()
@@ -122,6 +150,17 @@ impl Runtime {
                         Some(name) => Arc::from(format!("{table}/{name}")),
                         None => Arc::from(format!("{table}/{index}")),
                     };
+                    if let Some((t, configs)) = old
+                        && let Some(&at) = old_at.get(&*label)
+                        && configs.get(at) == Some(r)
+                        && let Some((matcher, route)) = t.get(at)
+                        && route.built_against(plan)
+                    {
+                        if let Some(kept) = keep_from.and_then(|p| p.rate_limits.get(&label)) {
+                            rate_limits.insert(label, kept.clone());
+                        }
+                        return Ok((matcher.clone(), route.clone()));
+                    }
                     let rate_limit = r.rate_limit.as_ref().map(|cfg| {
                         let kept = previous
                             .and_then(|p| p.rate_limits.get(&label))
@@ -139,9 +178,10 @@ impl Runtime {
                         rate_limit,
                     };
                     compile_route(table, index, r, plan, ctx)
+                        .map(|(matcher, route)| (matcher, Arc::new(route)))
                 })
                 .collect::<Result<_, _>>()?;
-            tables.insert(table.clone(), Arc::new(compiled));
+            tables.insert(table.clone(), Arc::new(Table::new(compiled)));
         }
         let mut clusters: Vec<_> = plan.clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -161,11 +201,7 @@ impl Runtime {
     /// The first route that matches in the table of the listener socket
     /// `key`, and the cluster it picks.
     pub fn route<B>(&self, key: &str, req: &Request<B>) -> Option<(&Route, &Target)> {
-        let route = self
-            .listeners
-            .get(key)?
-            .iter()
-            .find(|r| r.matcher.matches(req))?;
+        let route = self.listeners.get(key)?.route(req)?;
         Some((route, route.split.pick()))
     }
 
@@ -199,7 +235,12 @@ impl Runtime {
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
-        self.clusters.iter().find(|c| &*c.name == name)
+        // Sorted by name in `compile`.
+        let at = self
+            .clusters
+            .binary_search_by(|c| (*c.name).cmp(name))
+            .ok()?;
+        self.clusters.get(at)
     }
 }
 
@@ -209,7 +250,7 @@ fn compile_route(
     r: &skiff_control::model::Route,
     plan: &Plan,
     ctx: RouteContext,
-) -> Result<Route, CompileError> {
+) -> Result<(Matcher, Route), CompileError> {
     let label = ctx.label.clone();
     let matcher = Matcher::from_config(&r.matches).map_err(|source| CompileError::Match {
         table: table.to_owned(),
@@ -244,7 +285,9 @@ fn compile_route(
         targets.push((
             Target {
                 cluster: cluster.name.clone(),
+                settings: state.settings.clone(),
                 service,
+                meters: Arc::default(),
             },
             weight,
         ));
@@ -253,9 +296,5 @@ fn compile_route(
         table: table.to_owned(),
         index,
     })?;
-    Ok(Route {
-        label,
-        matcher,
-        split,
-    })
+    Ok((matcher, Route { label, split }))
 }

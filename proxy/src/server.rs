@@ -139,6 +139,7 @@ impl Handler {
                 Some((route, target)) => {
                     rec.route = route.label.clone();
                     rec.cluster = target.cluster.clone();
+                    rec.meters = Some(target.meters.clone());
                     if let Some(tracing) = &runtime.tracing
                         && let Some(span) = tracing.begin(&mut req, &route.label)
                     {

@@ -1,7 +1,13 @@
 //! Route matching: the first route whose every condition holds wins.
 //!
 //! Conditions are compiled once per config (regexes built, names parsed) so a
-//! request only compares bytes.
+//! request only compares bytes. A [`Table`] indexes a table's routes by host
+//! and path, so finding the first match does not scan routes a request
+//! cannot match.
+
+mod table;
+
+pub use table::Table;
 
 use http::header::{HOST, HeaderName};
 use http::{Method, Request};
@@ -20,9 +26,29 @@ pub struct Matcher {
 
 #[derive(Debug, Clone)]
 enum HostMatch {
+    /// Lower-cased, without brackets around an IPv6 address (as
+    /// [`request_host`] gives it).
     Exact(String),
-    /// `*.example.com` stored as `.example.com`.
+    /// `*.example.com` stored as `.example.com`, lower-cased.
     Suffix(String),
+}
+
+/// What a route asks of the request's host: how a [`Table`] groups it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKey<'a> {
+    Any,
+    Exact(&'a str),
+    /// The part after `*`: a host matches when it ends with this and is longer.
+    Suffix(&'a str),
+}
+
+/// What a route asks of the request's path: how a [`Table`] indexes it
+/// within a host group. `Other` (a regex, or no condition) is checked in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKey<'a> {
+    Other,
+    Exact(&'a str),
+    Prefix(&'a str),
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +92,10 @@ impl Matcher {
             let h = h.to_ascii_lowercase();
             match h.strip_prefix('*') {
                 Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
-                None => HostMatch::Exact(h),
+                None => match h.strip_prefix('[').and_then(|v6| v6.strip_suffix(']')) {
+                    Some(v6) => HostMatch::Exact(v6.to_owned()),
+                    None => HostMatch::Exact(h),
+                },
             }
         });
         let path = match &m.path {
@@ -100,7 +129,16 @@ impl Matcher {
         })
     }
 
+    /// Whether `req` meets every condition.
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
+        let host = request_host(req).map(|h| h.to_ascii_lowercase());
+        self.matches_with(req, host.as_deref())
+    }
+
+    /// [`Matcher::matches`] with the request's host already found and
+    /// lower-cased ([`lowercase_host`]): a table computes it once for all
+    /// the routes it tries.
+    pub fn matches_with<B>(&self, req: &Request<B>, host: Option<&str>) -> bool {
         if let Some(m) = &self.method
             && req.method() != m
         {
@@ -126,16 +164,12 @@ impl Matcher {
             }
         }
         if let Some(h) = &self.host {
-            let Some(host) = request_host(req) else {
+            let Some(host) = host else {
                 return false;
             };
             let ok = match h {
-                HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
-                HostMatch::Suffix(s) => {
-                    host.len() > s.len()
-                        && host.as_bytes()[host.len() - s.len()..]
-                            .eq_ignore_ascii_case(s.as_bytes())
-                }
+                HostMatch::Exact(e) => host == e,
+                HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
             };
             if !ok {
                 return false;
@@ -150,6 +184,37 @@ impl Matcher {
             }
         })
     }
+}
+
+impl Matcher {
+    /// How a [`Table`] groups this route by host.
+    pub fn host_key(&self) -> HostKey<'_> {
+        match &self.host {
+            None => HostKey::Any,
+            Some(HostMatch::Exact(h)) => HostKey::Exact(h),
+            Some(HostMatch::Suffix(s)) => HostKey::Suffix(s),
+        }
+    }
+
+    /// How a [`Table`] indexes this route by path.
+    pub fn path_key(&self) -> PathKey<'_> {
+        match &self.path {
+            None | Some(PathMatcher::Regex(_)) => PathKey::Other,
+            Some(PathMatcher::Exact(p)) => PathKey::Exact(p),
+            Some(PathMatcher::Prefix(p)) => PathKey::Prefix(p),
+        }
+    }
+}
+
+/// The request's host as routes compare it: [`request_host`], lower-cased
+/// (borrowed when it already is, as it nearly always is).
+pub fn lowercase_host<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
+    let host = request_host(req)?;
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 /// The request's authority without its port: `:authority` for HTTP/2 and

@@ -85,26 +85,39 @@ type Key = (String, String, Option<String>);
 /// them weakly: the sets that list them keep them alive.
 #[derive(Debug, Default)]
 pub struct Registry {
-    endpoints: Mutex<HashMap<Key, Weak<Endpoint>>>,
+    endpoints: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_key: HashMap<Key, Weak<Endpoint>>,
+    /// How many entries the last sweep left: the next sweep waits until
+    /// there are twice as many, so forgetting dead entries costs O(1) per
+    /// new endpoint, not a pass over all of them (10,000 endpoints loaded
+    /// at once would be 10,000 passes).
+    swept: usize,
 }
 
 impl Registry {
     /// Cluster `cluster`'s endpoint at `address` for connections verifying
     /// `identity`: the running one if any set still holds it, else a new one.
     pub fn get(&self, cluster: &str, address: &str, identity: Option<&str>) -> Arc<Endpoint> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let key = (
             cluster.to_owned(),
             address.to_owned(),
             identity.map(str::to_owned),
         );
-        if let Some(ep) = map.get(&key).and_then(Weak::upgrade) {
+        if let Some(ep) = entries.by_key.get(&key).and_then(Weak::upgrade) {
             return ep;
         }
         // A good moment to forget endpoints nothing holds any more.
-        map.retain(|_, e| e.strong_count() > 0);
+        if entries.by_key.len() >= 2 * entries.swept.max(16) {
+            entries.by_key.retain(|_, e| e.strong_count() > 0);
+            entries.swept = entries.by_key.len();
+        }
         let ep = Arc::new(Endpoint::new(address));
-        map.insert(key, Arc::downgrade(&ep));
+        entries.by_key.insert(key, Arc::downgrade(&ep));
         ep
     }
 }
@@ -304,17 +317,20 @@ pub struct Plan {
     /// By name; new clusters are already here, existing ones are the
     /// running `Arc`s (their new state waits in `states`).
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
-    states: Vec<(Arc<Cluster>, Arc<ClusterState>)>,
-    probes: Vec<(Arc<Cluster>, model::HealthCheck)>,
+    /// Each cluster's state to be, and its health check, by name.
+    states: HashMap<Arc<str>, Planned>,
+}
+
+struct Planned {
+    cluster: Arc<Cluster>,
+    state: Arc<ClusterState>,
+    probe: Option<model::HealthCheck>,
 }
 
 impl Plan {
     /// The cluster called `name`, and the state it will have.
     pub fn get(&self, name: &str) -> Option<(&Arc<Cluster>, &Arc<ClusterState>)> {
-        self.states
-            .iter()
-            .find(|(c, _)| &*c.name == name)
-            .map(|(c, s)| (c, s))
+        self.states.get(name).map(|p| (&p.cluster, &p.state))
     }
 }
 
@@ -331,8 +347,7 @@ impl Clusters {
         let running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         let mut plan = Plan {
             clusters: HashMap::with_capacity(config.clusters.len()),
-            states: Vec::new(),
-            probes: Vec::new(),
+            states: HashMap::with_capacity(config.clusters.len()),
         };
         for (name, c) in &config.clusters {
             let old = running.get(name.as_str()).cloned();
@@ -356,10 +371,14 @@ impl Clusters {
                     })
                 }
             };
-            if let Some(hc) = &c.health_check {
-                plan.probes.push((cluster.clone(), hc.clone()));
-            }
-            plan.states.push((cluster.clone(), state));
+            plan.states.insert(
+                cluster.name.clone(),
+                Planned {
+                    cluster: cluster.clone(),
+                    state,
+                    probe: c.health_check.clone(),
+                },
+            );
             plan.clusters.insert(cluster.name.clone(), cluster);
         }
         plan
@@ -370,17 +389,21 @@ impl Clusters {
     /// route holding them does), and keeps each health probe whose config
     /// is unchanged, so a push does not set off a round of probes.
     pub fn commit(&self, plan: Plan) {
-        for (cluster, state) in &plan.states {
+        for Planned { cluster, state, .. } in plan.states.values() {
             if !Arc::ptr_eq(&cluster.state.load(), state) {
                 cluster.state.store(state.clone());
             }
         }
-        for (cluster, _) in &plan.states {
-            let wanted = plan.probes.iter().find(|(c, _)| Arc::ptr_eq(c, cluster));
+        for Planned {
+            cluster,
+            probe: wanted,
+            ..
+        } in plan.states.values()
+        {
             let mut probe = cluster.probe.lock().unwrap_or_else(|p| p.into_inner());
             let protocol = cluster.protocol();
             let keep = match (&*probe, wanted) {
-                (Some((hc, p, _)), Some((_, want))) => hc == want && *p == protocol,
+                (Some((hc, p, _)), Some(want)) => hc == want && *p == protocol,
                 (None, None) => true,
                 _ => false,
             };
@@ -391,7 +414,7 @@ impl Clusters {
                 task.abort();
             }
             match wanted {
-                Some((_, hc)) => {
+                Some(hc) => {
                     let task = health::spawn(cluster, Probe::from_config(hc, protocol));
                     *probe = Some((hc.clone(), protocol, task));
                 }
@@ -416,13 +439,38 @@ impl Clusters {
     }
 }
 
-/// Whether two cluster configs differ only in their endpoints.
+/// Whether two cluster configs differ only in their endpoints. Field by
+/// field rather than comparing copies without endpoints: a reload of 10,000
+/// clusters compared 20,000 copies. The destructuring names every field, so
+/// a new one cannot be forgotten here.
 fn same_settings(a: &model::Cluster, b: &model::Cluster) -> bool {
-    let without = |c: &model::Cluster| model::Cluster {
-        endpoints: Vec::new(),
-        ..c.clone()
-    };
-    without(a) == without(b)
+    let model::Cluster {
+        endpoints: _,
+        discovery,
+        original_destination,
+        dns,
+        protocol,
+        lb,
+        hash_on,
+        connect_timeout,
+        tls,
+        circuit_breaker,
+        outlier_detection,
+        health_check,
+        retry_budget,
+    } = a;
+    *discovery == b.discovery
+        && *original_destination == b.original_destination
+        && *dns == b.dns
+        && *protocol == b.protocol
+        && *lb == b.lb
+        && *hash_on == b.hash_on
+        && *connect_timeout == b.connect_timeout
+        && *tls == b.tls
+        && *circuit_breaker == b.circuit_breaker
+        && *outlier_detection == b.outlier_detection
+        && *health_check == b.health_check
+        && *retry_budget == b.retry_budget
 }
 
 /// A cluster's settings from its config. The breaker and the retry budget

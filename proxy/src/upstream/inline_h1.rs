@@ -44,9 +44,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// What one read asks the socket for.
 const READ_CHUNK: usize = 8192;
-/// A pooled connection's read buffer larger than this (after a big
-/// response) is dropped, so an idle connection holds no more than a page.
-const KEEP_BUFFER: usize = 16 * 1024;
+/// A pooled connection's request-head buffer larger than this (after a
+/// big head) is dropped.
+const KEEP_BUFFER: usize = 4 * 1024;
 
 /// One upstream HTTP/1.1 connection this client owns.
 pub struct Conn {
@@ -417,9 +417,12 @@ impl UpstreamBody {
             return;
         }
         conn.reused = true;
-        if conn.buf.capacity() > KEEP_BUFFER {
-            conn.buf = BytesMut::new();
-        }
+        // An idle pooled connection holds no read buffer: with 10,000
+        // endpoints a pool is mostly connections waiting, and 8 KiB each
+        // would be most of their memory (docs/benchmarks.md, "Mesh
+        // scale"). The next exchange takes a fresh one from the
+        // allocator's thread cache.
+        conn.buf = BytesMut::new();
         if conn.head.capacity() > KEEP_BUFFER {
             conn.head = Vec::new();
         }
