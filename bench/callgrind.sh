@@ -62,12 +62,8 @@ if [[ $NO_PIN != 1 ]] && (($(nproc) < 2)); then NO_PIN=1; fi
 if [[ -z ${BE_H1:-} || -z ${BE_H2:-} ]]; then
     read -r BE_H1 BE_H2 < <(free_ports 2)
     export BE_H1 BE_H2 TMP
-    mkdir -p "$TMP/backend"
-    render "$TEMPLATES/backend-nginx.conf" "$TMP/backend/nginx.conf"
     log "backend nginx on :$BE_H1 (h1) :$BE_H2 (h2c), CPU $LOAD_CPU"
-    spawn "$LOAD_CPU" "$NGINX" -e stderr -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' \
-        2>"$TMP/backend/stderr.log" &
-    PIDS+=($!)
+    start_backend "$TEMPLATES/backend-nginx.conf"
     wait_http "http://127.0.0.1:$BE_H1/"
     wait_http "http://127.0.0.1:$BE_H2/" --http2-prior-knowledge
 fi

