@@ -131,7 +131,7 @@ impl Matcher {
 
     /// Whether `req` meets every condition.
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
-        let host = request_host(req).map(|h| h.to_ascii_lowercase());
+        let host = lowercase_host(req);
         self.matches_with(req, host.as_deref())
     }
 

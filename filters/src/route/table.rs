@@ -229,14 +229,6 @@ impl<R> Table<R> {
     pub fn iter(&self) -> impl Iterator<Item = &R> {
         self.routes.iter().map(|(_, r)| r)
     }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
 #[cfg(test)]
