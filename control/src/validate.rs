@@ -54,6 +54,17 @@ pub fn validate(config: &Config) -> Vec<Invalid> {
     c.problems
 }
 
+/// The problems of cluster `name` on its own: what a change to its
+/// endpoints alone can break (its settings, and what refers to it, were
+/// checked with the config it joins).
+pub fn validate_cluster(name: &str, cluster: &Cluster) -> Vec<Invalid> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    c.cluster(name, cluster);
+    c.problems
+}
+
 struct Checker {
     problems: Vec<Invalid>,
 }

@@ -94,7 +94,7 @@ impl Shared {
     pub fn apply(
         self: &Arc<Self>,
         source: &'static str,
-        snapshot: Snapshot,
+        snapshot: Arc<Snapshot>,
     ) -> Result<(), BuildError> {
         let result = self.try_apply(snapshot);
         let outcome = if result.is_ok() {
@@ -106,7 +106,52 @@ impl Shared {
         result
     }
 
-    fn try_apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), BuildError> {
+    /// Applies `snapshot`, which is `over` with the endpoints of `clusters`
+    /// changed (`Update::Endpoints`): while `over` runs, by swapping those
+    /// endpoint sets alone, so a control feed's endpoint update does work
+    /// for the clusters it names, not for the whole config. Routes, pools
+    /// and policy state stay; requests in flight finish on the set they
+    /// picked from. Otherwise, as [`Shared::apply`].
+    pub fn apply_endpoints(
+        self: &Arc<Self>,
+        source: &'static str,
+        over: &Arc<Snapshot>,
+        snapshot: Arc<Snapshot>,
+        clusters: &[String],
+    ) -> Result<(), BuildError> {
+        {
+            let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+            let current = self.runtime.load_full();
+            let (old, new) = (&current.snapshot.config, &snapshot.config);
+            let swaps: Option<Vec<_>> = clusters
+                .iter()
+                .map(|name| {
+                    let running = current.cluster(name)?;
+                    let c = new.clusters.get(name)?;
+                    old.clusters
+                        .get(name)?
+                        .same_but_endpoints(c)
+                        .then_some((running, c))
+                })
+                .collect();
+            if Arc::ptr_eq(&current.snapshot, over)
+                && let Some(swaps) = swaps
+            {
+                for (cluster, c) in swaps {
+                    cluster.set_endpoints(&self.clusters.registry, &c.endpoints);
+                }
+                let version = snapshot.version;
+                self.runtime
+                    .store(Arc::new(current.with_snapshot(snapshot)));
+                self.metrics.config_update(source, "applied");
+                info!(version, clusters = clusters.len(), "endpoints applied");
+                return Ok(());
+            }
+        }
+        self.apply(source, snapshot)
+    }
+
+    fn try_apply(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Result<(), BuildError> {
         let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load();
         let (old, new) = (&current.snapshot.config, &snapshot.config);
@@ -132,7 +177,7 @@ impl Shared {
             .clone();
         let tracing = tracing(running, &snapshot.config)?;
         let mut next = Runtime::compile(
-            Arc::new(snapshot),
+            snapshot,
             &self.metrics,
             &clusters,
             Some(&current),
@@ -163,15 +208,18 @@ impl Shared {
         let outcome = match update {
             Update::Valid(snapshot) => {
                 let source = snapshot.source.clone();
-                match self.apply(kind, *snapshot) {
-                    Ok(()) => Outcome::Applied,
-                    Err(e) => {
-                        let why = skiff_filters::error::render_chain(&e);
-                        warn!(%source, error = %why, "config change refused; keeping the last good config");
-                        self.rejected(&source, vec![why.clone()]);
-                        Outcome::Rejected(vec![why])
-                    }
-                }
+                self.outcome(&source, self.apply(kind, snapshot))
+            }
+            Update::Endpoints {
+                over,
+                snapshot,
+                clusters,
+            } => {
+                let source = snapshot.source.clone();
+                self.outcome(
+                    &source,
+                    self.apply_endpoints(kind, &over, snapshot, &clusters),
+                )
             }
             Update::Invalid(errors) => {
                 // Never reached `apply`, which counts the others.
@@ -188,6 +236,19 @@ impl Shared {
         let applied = outcome == Outcome::Applied;
         reply.send(outcome);
         applied
+    }
+
+    /// What a source hears of an apply of its config.
+    fn outcome(&self, source: &str, result: Result<(), BuildError>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Applied,
+            Err(e) => {
+                let why = skiff_filters::error::render_chain(&e);
+                warn!(%source, error = %why, "config change refused; keeping the last good config");
+                self.rejected(source, vec![why.clone()]);
+                Outcome::Rejected(vec![why])
+            }
+        }
     }
 
     /// Turns `/ready` to 503 under the drain's lock, so a config applied
@@ -282,7 +343,7 @@ impl Bound {
     /// Applies a new config while traffic flows (see `Shared::apply`).
     /// Counted as `skiff_config_updates_total{source="in-process"}`.
     pub fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
-        self.shared.apply("in-process", snapshot)
+        self.shared.apply("in-process", Arc::new(snapshot))
     }
 
     /// Applies every valid change of the config file at `path` (what `skiff

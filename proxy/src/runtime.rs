@@ -198,6 +198,22 @@ impl Runtime {
         })
     }
 
+    /// This runtime serving `snapshot`, which differs from its own in
+    /// cluster endpoints alone (swapped in the clusters themselves): the
+    /// tables, clusters and everything else are shared, not compiled again.
+    pub fn with_snapshot(&self, snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            applied_at: std::time::SystemTime::now(),
+            tables: self.tables.clone(),
+            listeners: self.listeners.clone(),
+            clusters: self.clusters.clone(),
+            rate_limits: self.rate_limits.clone(),
+            access_log: self.access_log.clone(),
+            tracing: self.tracing.clone(),
+        }
+    }
+
     /// The first route that matches in the table of the listener socket
     /// `key`, and the cluster it picks.
     pub fn route<B>(&self, key: &str, req: &Request<B>) -> Option<(&Route, &Target)> {

@@ -630,3 +630,105 @@ async fn a_hostile_control_plane_never_gets_a_half_config_in() {
     assert_eq!(rsp.header("x-backend"), Some("b"));
     assert_eq!(proxy.feed().get().waiting_for, None);
 }
+
+/// `resources(endpoint, None)`'s endpoints, as one response.
+fn assignment(endpoint: SocketAddr, nonce: &str) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: nonce.to_owned(),
+        resources: resources(endpoint, None)[ENDPOINT].clone(),
+        type_url: ENDPOINT.to_owned(),
+        nonce: nonce.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The answer to the response with `nonce`: its error message, if a NACK.
+async fn answer_to(
+    heard: &mut mpsc::UnboundedReceiver<DiscoveryRequest>,
+    nonce: &str,
+) -> Option<String> {
+    guard(&format!("the answer to {nonce}"), async {
+        loop {
+            let req = heard.recv().await.unwrap();
+            if req.response_nonce == nonce {
+                return req.error_detail.map(|e| e.message);
+            }
+        }
+    })
+    .await
+}
+
+/// An update of one cluster's endpoints alone, applied by swapping that
+/// cluster's endpoint set (the proxy's fast path for control-feed endpoint
+/// updates): each move serves from the new endpoint at once, `/config`
+/// and `/clusters` show it, the request's connection and route go on, an
+/// endpoint that does not decode is NACKed while the last good one serves,
+/// and a change of the cluster's settings after the moves is applied
+/// whole, keeping the endpoints the moves left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_update_moves_one_cluster_and_nothing_else() {
+    let a = Backend::named("a").spawn().await;
+    let b = Backend::named("b").spawn().await;
+    let (set, version) = watch::channel((1, Arc::new(resources(a.addr(), None))));
+    let (addr, mut heard, inject) = serve_other(version).await;
+    let proxy = Proxy::fed(&format!("http://{addr}"), "p1").await;
+    proxy.wait_applied(1).await;
+    let listener = proxy.try_addr("listener_0").unwrap();
+    let mut client = Client::http1(listener).await;
+    assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
+
+    // Back and forth, on one client connection.
+    for (n, to, name) in [(2, &b, "b"), (3, &a, "a"), (4, &b, "b")] {
+        let nonce = format!("move-{n}");
+        inject.send(assignment(to.addr(), &nonce)).unwrap();
+        assert_eq!(answer_to(&mut heard, &nonce).await, None, "ACKed");
+        proxy.wait_applied(n).await;
+        let rsp = client.get("/").await;
+        assert_eq!(rsp.header("x-backend"), Some(name));
+    }
+    let mut admin = Client::http1(proxy.admin()).await;
+    let config = admin.get("/config").await.json();
+    assert_eq!(
+        config["config"]["clusters"]["service"]["endpoints"][0]["address"],
+        b.addr().to_string(),
+        "{config:#}"
+    );
+    let clusters = admin.get("/clusters").await.text();
+    assert!(clusters.contains(&b.addr().to_string()), "{clusters}");
+    assert!(!clusters.contains(&a.addr().to_string()), "{clusters}");
+
+    // An endpoint without a port: NACKed, naming the assignment.
+    let mut bad = assignment(a.addr(), "bad");
+    let mut cla: xe::ClusterLoadAssignment =
+        prost::Message::decode(bad.resources[0].value.as_slice()).unwrap();
+    if let Some(xe::lb_endpoint::HostIdentifier::Endpoint(e)) =
+        &mut cla.endpoints[0].lb_endpoints[0].host_identifier
+        && let Some(core::address::Address::SocketAddress(sa)) =
+            e.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        sa.port_specifier = None;
+    }
+    bad.resources = vec![pack_any(cla)];
+    inject.send(bad).unwrap();
+    let why = answer_to(&mut heard, "bad").await.expect("a NACK");
+    assert!(why.contains("service"), "{why}");
+    assert_eq!(client.get("/").await.header("x-backend"), Some("b"));
+
+    // Version 2 from the server: the cluster's settings change (round
+    // robin to least request) and its endpoint is `a` again. The cluster
+    // comes first and is applied whole (with the last good endpoint, `b`),
+    // then the endpoints alone.
+    let mut least = resources(a.addr(), None);
+    let mut cluster: xc::Cluster =
+        prost::Message::decode(least[CLUSTER][0].value.as_slice()).unwrap();
+    cluster.lb_policy = xc::cluster::LbPolicy::LeastRequest as i32;
+    least.insert(CLUSTER.to_owned(), vec![pack_any(cluster)]);
+    set.send_replace((2, Arc::new(least)));
+    proxy.wait_applied(6).await;
+    let config = admin.get("/config").await.json();
+    let service = &config["config"]["clusters"]["service"];
+    assert_eq!(service["lb"], "least_request", "{config:#}");
+    assert_eq!(service["endpoints"][0]["address"], a.addr().to_string());
+    assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
+    assert_eq!(proxy.feed().get().applied, 6, "nothing more to apply");
+}

@@ -14,6 +14,7 @@
 //! poll is all there is, and the log says so.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{Delivery, Outcome, Update};
-use crate::{Config, Snapshot, Vars, load_str_with};
+use crate::{Snapshot, Vars, load_str_with};
 
 /// How often `skiff run` reads its config file even without a notification.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -43,7 +44,8 @@ pub fn watch(
 ) -> (mpsc::Receiver<Delivery>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1);
     let mut version = current.version;
-    let mut applied: Config = current.config.clone();
+    // The running config, shared with the proxy once a change is applied.
+    let mut applied: Arc<Snapshot> = Arc::new(current.clone());
     let source = path.display().to_string();
     let task = tokio::spawn(async move {
         let (events, _watcher) = notifications(&path);
@@ -73,15 +75,15 @@ pub fn watch(
             }
             last_text = Some(text.clone());
             let (update, new) = match load_str_with(&text, &source, &vars) {
-                Ok(new) if new == applied => continue,
+                Ok(new) if new == applied.config => continue,
                 Ok(new) => {
                     version += 1;
-                    let snapshot = Snapshot {
+                    let snapshot = Arc::new(Snapshot {
                         version,
                         source: source.clone(),
-                        config: new.clone(),
-                    };
-                    (Update::Valid(Box::new(snapshot)), Some(new))
+                        config: new,
+                    });
+                    (Update::Valid(snapshot.clone()), Some(snapshot))
                 }
                 Err(errors) => (Update::Invalid(errors), None),
             };
@@ -152,6 +154,7 @@ mod tests {
         match update {
             Update::Valid(s) => &s.config.clusters["c"].endpoints[0].address,
             Update::Invalid(e) => panic!("{e}"),
+            Update::Endpoints { .. } => panic!("a file sends whole configs"),
         }
     }
 
@@ -207,6 +210,7 @@ mod tests {
         match &d.update {
             Update::Valid(s) => assert_eq!(s.version, 4, "versions count every attempt"),
             Update::Invalid(e) => panic!("{e}"),
+            Update::Endpoints { .. } => panic!("a file sends whole configs"),
         }
         d.reply.send(Outcome::Applied);
 
@@ -215,7 +219,7 @@ mod tests {
         let d = rx.recv().await.unwrap();
         match d.update {
             Update::Invalid(e) => assert!(e.to_string().contains("skiff.yaml:1:"), "{e}"),
-            Update::Valid(s) => panic!("accepted {s:?}"),
+            Update::Valid(s) | Update::Endpoints { snapshot: s, .. } => panic!("accepted {s:?}"),
         }
         task.abort();
     }

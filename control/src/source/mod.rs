@@ -8,6 +8,8 @@
 pub mod file;
 pub mod xds;
 
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use crate::{ConfigErrors, Snapshot};
@@ -16,8 +18,19 @@ use crate::{ConfigErrors, Snapshot};
 /// source's new content was refused (the last good config stays).
 #[derive(Debug)]
 pub enum Update {
-    /// Boxed: a config is large and updates are rare.
-    Valid(Box<Snapshot>),
+    /// Shared: the proxy serves it and the source keeps it, to make the
+    /// next one from.
+    Valid(Arc<Snapshot>),
+    /// `snapshot` is `over` with the endpoints of `clusters` changed, and
+    /// nothing else: while `over` is what runs, the proxy swaps those
+    /// endpoint sets alone, in time proportional to them (a control feed's
+    /// endpoint update at 10,000 clusters). Otherwise it applies `snapshot`
+    /// as it would `Valid`.
+    Endpoints {
+        over: Arc<Snapshot>,
+        snapshot: Arc<Snapshot>,
+        clusters: Vec<String>,
+    },
     Invalid(ConfigErrors),
 }
 

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use super::{Delivery, Outcome, Update};
 use crate::model::{Config, ControlFeed};
+use crate::validate::validate_cluster;
 use crate::xds::{self, Resources};
 use crate::{Snapshot, validate};
 
@@ -213,8 +214,17 @@ struct Client {
     sotw_only: bool,
     warming_since: Option<Instant>,
     warned: bool,
-    /// Whether a config from the feed has been applied.
-    applied_once: bool,
+    /// The snapshot last applied from the feed, shared with the proxy: an
+    /// endpoint update is made from it.
+    applied: Option<Arc<Snapshot>>,
+    /// Resources the working copy may hold differently from the accepted
+    /// one, as (type, name): a superset of what differs. An update compares,
+    /// decodes and copies these alone, so it costs what it changed, not
+    /// what the feed holds (10,000 clusters).
+    changed: BTreeSet<(String, String)>,
+    /// Whether the working copy lacked nothing it names when last settled:
+    /// an endpoint update that removes nothing cannot change that.
+    complete: bool,
     /// The type of the response being settled.
     newest: Option<String>,
     /// Responses NACKed whose resources are still the working copy's:
@@ -266,7 +276,9 @@ impl Client {
             sotw_only: false,
             warming_since: None,
             warned: false,
-            applied_once: false,
+            applied: None,
+            changed: BTreeSet::new(),
+            complete: false,
             newest: None,
             refused: BTreeMap::new(),
         }
@@ -308,6 +320,8 @@ impl Client {
             self.refused.clear();
             self.working = self.accepted.clone();
             self.working_versions = self.accepted_versions.clone();
+            self.changed.clear();
+            self.complete = false;
             self.nonces.clear();
             let wanted = self.accepted.wanted();
             self.names = BTreeMap::from([
@@ -500,6 +514,7 @@ impl Client {
                 .await;
         }
         // 2. Fold it into the working copy.
+        let fresh_names: Vec<String> = versions.iter().map(|(n, _)| n.clone()).collect();
         self.fold(&inc, fresh, versions);
         self.heard.insert(inc.type_url.clone());
         self.newest = Some(inc.type_url.clone());
@@ -508,10 +523,16 @@ impl Client {
             inc.type_url.clone(),
             (inc.nonce.clone(), inc.version.clone()),
         );
-        // 3. Follow what it names.
-        self.resubscribe(wire).await?;
+        // 3. Follow what it names. Endpoints name nothing: an update of
+        // them that removes none leaves what is wanted, and what is
+        // missing of it, as they were.
+        let names_fixed = inc.type_url == xds::ENDPOINT && inc.removed.is_empty() && !inc.whole;
+        match names_fixed {
+            true => self.drop_unasked(&fresh_names),
+            false => self.resubscribe(wire).await?,
+        }
         // 4. Apply, if nothing is missing.
-        self.settle(wire).await
+        self.settle(wire, names_fixed).await
     }
 
     fn fold(&mut self, inc: &Incoming, fresh: Resources, versions: Vec<(String, Option<String>)>) {
@@ -531,13 +552,21 @@ impl Client {
             dst.extend(src);
         }
         let (whole, removed) = (inc.whole, inc.removed.as_slice());
+        let t = &inc.type_url;
+        if whole {
+            for name in self.working.names(t) {
+                self.changed.insert((t.clone(), name));
+            }
+        }
+        for name in removed.iter().chain(versions.iter().map(|(n, _)| n)) {
+            self.changed.insert((t.clone(), name.clone()));
+        }
         match inc.type_url.as_str() {
             xds::LISTENER => fold_one(&mut self.working.listeners, fresh.listeners, whole, removed),
             xds::ROUTE => fold_one(&mut self.working.routes, fresh.routes, whole, removed),
             xds::CLUSTER => fold_one(&mut self.working.clusters, fresh.clusters, whole, removed),
             _ => fold_one(&mut self.working.endpoints, fresh.endpoints, whole, removed),
         }
-        let t = &inc.type_url;
         if whole {
             self.working_versions.retain(|(ty, _), _| ty != t);
         }
@@ -562,10 +591,21 @@ impl Client {
         let running = self.accepted.wanted();
         wanted.routes.extend(running.routes);
         wanted.endpoints.extend(running.endpoints);
-        self.working.routes.retain(|n, _| wanted.routes.contains(n));
-        self.working
-            .endpoints
-            .retain(|n, _| wanted.endpoints.contains(n));
+        let changed = &mut self.changed;
+        self.working.routes.retain(|n, _| {
+            let keep = wanted.routes.contains(n);
+            if !keep {
+                changed.insert((xds::ROUTE.to_owned(), n.clone()));
+            }
+            keep
+        });
+        self.working.endpoints.retain(|n, _| {
+            let keep = wanted.endpoints.contains(n);
+            if !keep {
+                changed.insert((xds::ENDPOINT.to_owned(), n.clone()));
+            }
+            keep
+        });
         let w = &self.working;
         self.working_versions.retain(|(t, n), _| match t.as_str() {
             xds::ROUTE => w.routes.contains_key(n),
@@ -610,17 +650,35 @@ impl Client {
         Ok(())
     }
 
+    /// Forgets the endpoints in `fresh` that nothing subscribed to (a
+    /// server may send more than asked).
+    fn drop_unasked(&mut self, fresh: &[String]) {
+        let asked = self.names.get(xds::ENDPOINT);
+        for name in fresh {
+            if !asked.is_some_and(|a| a.contains(name)) {
+                self.working.endpoints.remove(name);
+                self.working_versions
+                    .remove(&(xds::ENDPOINT.to_owned(), name.clone()));
+            }
+        }
+    }
+
     fn missing(&self) -> xds::Wanted {
         self.working.missing(&self.own_clusters)
     }
 
     /// Applies the working copy if it is complete, and answers every
-    /// response that went into it.
-    async fn settle(&mut self, wire: &mut Wire) -> Result<(), String> {
+    /// response that went into it. `names_fixed`: the response named
+    /// nothing new and removed nothing.
+    async fn settle(&mut self, wire: &mut Wire, names_fixed: bool) -> Result<(), String> {
         if !(self.heard.contains(xds::LISTENER) && self.heard.contains(xds::CLUSTER)) {
             return Ok(()); // The first config needs both.
         }
-        let missing = self.missing();
+        let missing = match names_fixed && self.complete {
+            true => xds::Wanted::default(),
+            false => self.missing(),
+        };
+        self.complete = missing.is_empty();
         if !missing.is_empty() {
             if self.warming_since.is_none() {
                 self.warming_since = Some(Instant::now());
@@ -630,30 +688,37 @@ impl Client {
             self.status.update(|s| s.waiting_for = Some(text));
             return Ok(());
         }
-        self.warming_since = None;
-        self.warned = false;
-        self.status.update(|s| s.waiting_for = None);
+        if self.warming_since.take().is_some() || self.warned {
+            self.warned = false;
+            self.status.update(|s| s.waiting_for = None);
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
         // Nothing new (a resync after a reconnect, a response that repeats
         // what is held): answer it without applying the same config again.
-        if self.applied_once && self.working == self.accepted {
-            self.accepted_versions = self.working_versions.clone();
+        let same = self
+            .changed
+            .iter()
+            .all(|(t, n)| self.working.same(&self.accepted, t, n));
+        if self.applied.is_some() && same {
+            self.catch_up();
             let pending = std::mem::take(&mut self.pending);
             for (type_url, (nonce, version)) in pending {
                 self.ack(wire, &type_url, &nonce, &version).await?;
             }
             return Ok(());
         }
-        let whole = self.working.clone();
-        let Some(outcome) = self.apply(&whole).await else {
+        let update = match self.endpoint_update() {
+            Some(update) => update,
+            None => self.whole_update(&self.working),
+        };
+        let Some(outcome) = self.deliver(update).await else {
             return Ok(()); // The proxy stopped.
         };
         let problems = match outcome {
             Outcome::Applied => {
-                self.accepted = whole;
-                self.accepted_versions = self.working_versions.clone();
+                self.catch_up();
                 // What was refused before and runs now (the fix came in
                 // another type) is ACKed late, with its own nonce: the
                 // server then knows what this proxy runs.
@@ -675,12 +740,14 @@ impl Client {
         let mut pending = std::mem::take(&mut self.pending);
         if let Some(newest) = self.newest.clone()
             && let Some(alone) = self.overlay(&newest)
-            && let Some(Outcome::Applied) = self.apply(&alone).await
+            && let Some(Outcome::Applied) = self.deliver(self.whole_update(&alone)).await
         {
             info!(
                 type_url = short(&newest),
                 "applied the newest update alone; the rest stays refused"
             );
+            // `changed` still covers what differs: `alone` took its
+            // changes from the working copy.
             self.accepted_versions = self.versions_of(&alone);
             self.accepted = alone;
             if let Some((nonce, version)) = pending.remove(&newest) {
@@ -694,28 +761,115 @@ impl Client {
         Ok(())
     }
 
-    /// Decodes `res`, puts it beside the proxy's own file, validates and
-    /// delivers it; the proxy's answer, or `None` if it has stopped.
-    async fn apply(&mut self, res: &Resources) -> Option<Outcome> {
+    /// Makes the accepted copy the working one, resource by changed
+    /// resource.
+    fn catch_up(&mut self) {
+        for key in std::mem::take(&mut self.changed) {
+            let (t, n) = &key;
+            self.accepted.copy_from(&self.working, t, n);
+            match self.working_versions.get(&key) {
+                Some(v) => self.accepted_versions.insert(key.clone(), v.clone()),
+                None => self.accepted_versions.remove(&key),
+            };
+        }
+    }
+
+    /// `res` decoded whole, beside the proxy's own file, validated: the
+    /// next snapshot, or why not.
+    fn whole_update(&self, res: &Resources) -> Result<Update, Vec<String>> {
         let config = match xds::decode(res) {
-            Ok(dynamic) => combine(&self.base, dynamic),
-            Err(refusals) => Err(refusals.iter().map(ToString::to_string).collect()),
+            Ok(dynamic) => combine(&self.base, dynamic)?,
+            Err(refusals) => return Err(refusals.iter().map(ToString::to_string).collect()),
         };
-        let config = match config {
-            Err(problems) => return Some(Outcome::Rejected(problems)),
-            Ok(config) => config,
-        };
-        let snapshot = Snapshot {
+        Ok(Update::Valid(Arc::new(self.next_snapshot(config))))
+    }
+
+    fn next_snapshot(&self, config: Config) -> Snapshot {
+        Snapshot {
             version: self.version + 1,
             source: self.source.clone(),
             config,
+        }
+    }
+
+    /// When all that changed since the last apply is endpoints (assignments,
+    /// or clusters whose settings stay) of clusters the applied snapshot
+    /// holds: that snapshot with those clusters decoded again, which the
+    /// proxy applies by swapping their endpoint sets alone. `None` for any
+    /// other change, which is decoded whole.
+    fn endpoint_update(&self) -> Option<Result<Update, Vec<String>>> {
+        let applied = self.applied.as_ref()?;
+        let mut clusters = BTreeSet::new();
+        let mut assignments = BTreeSet::new();
+        for (t, n) in &self.changed {
+            match t.as_str() {
+                xds::CLUSTER => {
+                    clusters.insert(n.as_str());
+                }
+                xds::ENDPOINT => {
+                    assignments.insert(n.as_str());
+                }
+                _ if self.working.same(&self.accepted, t, n) => {}
+                _ => return None,
+            }
+        }
+        if !assignments.is_empty() {
+            for (name, c) in &self.working.clusters {
+                if xds::eds_service(name, c).is_some_and(|s| assignments.contains(s)) {
+                    clusters.insert(name);
+                }
+            }
+        }
+        if clusters.is_empty() {
+            return None;
+        }
+        let mut decoded = Vec::with_capacity(clusters.len());
+        let mut problems = Vec::new();
+        for name in clusters {
+            let old = applied.config.clusters.get(name)?;
+            let c = self.working.clusters.get(name)?;
+            if self.own_clusters.contains(name) {
+                return None; // Refused whole, with its reason.
+            }
+            match xds::decode_cluster(c, &self.working) {
+                Ok(new) if old.same_but_endpoints(&new) => {
+                    problems.extend(validate_cluster(name, &new).iter().map(ToString::to_string));
+                    decoded.push((name.to_owned(), new));
+                }
+                Ok(_) => return None,
+                Err(refusals) => problems.extend(refusals.iter().map(ToString::to_string)),
+            }
+        }
+        if !problems.is_empty() {
+            return Some(Err(problems));
+        }
+        let names = decoded.iter().map(|(n, _)| n.clone()).collect();
+        let mut config = applied.config.clone();
+        config.clusters.extend(decoded);
+        Some(Ok(Update::Endpoints {
+            over: applied.clone(),
+            snapshot: Arc::new(self.next_snapshot(config)),
+            clusters: names,
+        }))
+    }
+
+    /// Delivers `update` (or its refusal) and waits for the proxy's answer;
+    /// `None` if it has stopped.
+    async fn deliver(&mut self, update: Result<Update, Vec<String>>) -> Option<Outcome> {
+        let update = match update {
+            Ok(u) => u,
+            Err(problems) => return Some(Outcome::Rejected(problems)),
         };
-        let (delivery, outcome) = Delivery::new(Update::Valid(Box::new(snapshot)));
+        let snapshot = match &update {
+            Update::Valid(s) | Update::Endpoints { snapshot: s, .. } => s.clone(),
+            Update::Invalid(_) => return None,
+        };
+        let (delivery, outcome) = Delivery::new(update);
         self.tx.send(delivery).await.ok()?;
         let outcome = outcome.await.ok()?;
         if outcome == Outcome::Applied {
             self.version += 1;
-            self.applied_once = true;
+            self.applied = Some(snapshot);
             self.status.update(|s| s.applied += 1);
         }
         Some(outcome)
@@ -950,5 +1104,131 @@ fn combine(base: &Config, dynamic: Config) -> Result<Config, Vec<String>> {
     match problems.is_empty() {
         true => Ok(config),
         false => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration as StdDuration;
+
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+
+    use super::*;
+
+    const SERVICES: &str = r#"
+listeners:
+  - { name: main, address: "127.0.0.1:8080", routes: main }
+routes:
+  main:
+    - { name: one, match: { host: one.example }, cluster: one }
+    - { name: two, match: { host: two.example }, cluster: two }
+clusters:
+  one: { endpoints: ["127.0.0.1:1001"] }
+  two: { endpoints: ["127.0.0.1:2001"] }
+"#;
+
+    /// A client whose feed holds `SERVICES`, applied.
+    fn client() -> Client {
+        let base = Snapshot {
+            version: 1,
+            source: "skiff.yaml".to_owned(),
+            config: crate::load_str("control: { address: 127.0.0.1:1 }\n", "skiff.yaml").unwrap(),
+        };
+        let feed = base.config.control.clone().unwrap();
+        let status = FeedStatus::new(feed.address.clone(), "n".to_owned());
+        let mut c = Client::new(&base, feed, "n".to_owned(), mpsc::channel(1).0, status);
+        let res = xds::encode(&crate::load_str(SERVICES, "services.yaml").unwrap());
+        let config = combine(&c.base, xds::decode(&res).unwrap()).unwrap();
+        c.applied = Some(Arc::new(c.next_snapshot(config)));
+        c.version += 1;
+        c.working = res.clone();
+        c.accepted = res;
+        c
+    }
+
+    /// Moves cluster `name`'s endpoints to `port` in the working copy.
+    fn move_endpoints(c: &mut Client, name: &str, port: u32) {
+        let cla = c.working.endpoints.get_mut(name).unwrap();
+        for lb in cla.endpoints.iter_mut().flat_map(|l| &mut l.lb_endpoints) {
+            if let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &mut lb.host_identifier
+                && let Some(address::Address::SocketAddress(sa)) =
+                    e.address.as_mut().and_then(|a| a.address.as_mut())
+            {
+                sa.port_specifier = Some(socket_address::PortSpecifier::PortValue(port));
+            }
+        }
+        c.changed
+            .insert((xds::ENDPOINT.to_owned(), name.to_owned()));
+    }
+
+    #[test]
+    fn an_endpoint_change_alone_is_sent_as_an_endpoint_update() {
+        let mut c = client();
+        move_endpoints(&mut c, "two", 2002);
+        let Some(Ok(Update::Endpoints {
+            over,
+            snapshot,
+            clusters,
+        })) = c.endpoint_update()
+        else {
+            panic!("not an endpoint update");
+        };
+        assert!(Arc::ptr_eq(&over, c.applied.as_ref().unwrap()));
+        assert_eq!(clusters, ["two"]);
+        assert_eq!(snapshot.version, over.version + 1);
+        let (old, new) = (&over.config, &snapshot.config);
+        assert_eq!(new.clusters["two"].endpoints[0].address, "127.0.0.1:2002");
+        // Everything else is what runs.
+        let mut back = new.clone();
+        back.clusters
+            .insert("two".to_owned(), old.clusters["two"].clone());
+        assert_eq!(&back, old);
+    }
+
+    #[test]
+    fn other_changes_are_decoded_whole() {
+        // A cluster's settings.
+        let mut c = client();
+        move_endpoints(&mut c, "two", 2002);
+        c.working.clusters.get_mut("one").unwrap().connect_timeout = Some(xds::duration(
+            crate::duration::Duration(StdDuration::from_secs(2)),
+        ));
+        c.changed
+            .insert((xds::CLUSTER.to_owned(), "one".to_owned()));
+        assert!(c.endpoint_update().is_none());
+        // A route table.
+        let mut c = client();
+        move_endpoints(&mut c, "two", 2002);
+        c.working
+            .routes
+            .get_mut("main")
+            .unwrap()
+            .virtual_hosts
+            .pop();
+        c.changed.insert((xds::ROUTE.to_owned(), "main".to_owned()));
+        assert!(c.endpoint_update().is_none());
+        // A new cluster.
+        let mut c = client();
+        let mut three = c.working.clusters["two"].clone();
+        three.name = "three".to_owned();
+        c.working.clusters.insert("three".to_owned(), three);
+        c.changed
+            .insert((xds::CLUSTER.to_owned(), "three".to_owned()));
+        assert!(c.endpoint_update().is_none());
+        // Nothing changed that runs: listed, but the same.
+        let mut c = client();
+        c.changed.insert((xds::ROUTE.to_owned(), "main".to_owned()));
+        assert!(c.endpoint_update().is_none());
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_naming_its_cluster() {
+        let mut c = client();
+        move_endpoints(&mut c, "one", 0);
+        let Some(Err(problems)) = c.endpoint_update() else {
+            panic!("a port 0 endpoint was taken");
+        };
+        assert!(problems.iter().any(|p| p.contains("one")), "{problems:?}");
     }
 }

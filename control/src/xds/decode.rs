@@ -84,6 +84,18 @@ pub fn decode(res: &Resources) -> Result<Config, Vec<Refusal>> {
     }
 }
 
+/// The model of one cluster, its endpoints from `res`: what a change to a
+/// cluster or its `ClusterLoadAssignment` alone re-decodes. A ring-hash
+/// cluster's `hash_on` comes from the route tables, which only [`decode`]
+/// reads: it is left unset here.
+pub fn decode_cluster(c: &xc::Cluster, res: &Resources) -> Result<model::Cluster, Vec<Refusal>> {
+    let mut r = Refusals::new("Cluster", &c.name);
+    match cluster(c.clone(), res, &mut r) {
+        Some(c) if r.found.is_empty() => Ok(c),
+        _ => Err(r.found),
+    }
+}
+
 fn address(a: Option<core::Address>, at: &str, r: &mut Refusals<'_>) -> Option<String> {
     let Some(core::Address {
         address: Some(core::address::Address::SocketAddress(mut sa)),

@@ -28,7 +28,7 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-pub use decode::decode;
+pub use decode::{decode, decode_cluster};
 pub use encode::{api_listener, encode};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -75,6 +75,65 @@ impl Resources {
             CLUSTER => pack(&self.clusters),
             ENDPOINT => pack(&self.endpoints),
             _ => Vec::new(),
+        }
+    }
+}
+
+/// One resource type's map, whichever type: what the generic helpers
+/// below work through.
+trait Slot {
+    fn same(&self, other: &Self, name: &str) -> bool;
+    fn copy(&mut self, from: &Self, name: &str);
+}
+
+impl<T: Clone + PartialEq> Slot for BTreeMap<String, T> {
+    fn same(&self, other: &Self, name: &str) -> bool {
+        self.get(name) == other.get(name)
+    }
+
+    fn copy(&mut self, from: &Self, name: &str) {
+        match from.get(name) {
+            Some(r) => {
+                self.insert(name.to_owned(), r.clone());
+            }
+            None => {
+                self.remove(name);
+            }
+        }
+    }
+}
+
+impl Resources {
+    /// Whether `self` and `other` hold the same resource `name` of
+    /// `type_url` (or neither holds one).
+    pub fn same(&self, other: &Resources, type_url: &str, name: &str) -> bool {
+        match type_url {
+            LISTENER => self.listeners.same(&other.listeners, name),
+            ROUTE => self.routes.same(&other.routes, name),
+            CLUSTER => self.clusters.same(&other.clusters, name),
+            _ => self.endpoints.same(&other.endpoints, name),
+        }
+    }
+
+    /// Makes resource `name` of `type_url` what `from` holds: a copy of
+    /// it, or gone where `from` has none. A change moves from one copy to
+    /// another in time proportional to what changed.
+    pub fn copy_from(&mut self, from: &Resources, type_url: &str, name: &str) {
+        match type_url {
+            LISTENER => self.listeners.copy(&from.listeners, name),
+            ROUTE => self.routes.copy(&from.routes, name),
+            CLUSTER => self.clusters.copy(&from.clusters, name),
+            _ => self.endpoints.copy(&from.endpoints, name),
+        }
+    }
+
+    /// The names of every resource of `type_url` held.
+    pub fn names(&self, type_url: &str) -> Vec<String> {
+        match type_url {
+            LISTENER => self.listeners.keys().cloned().collect(),
+            ROUTE => self.routes.keys().cloned().collect(),
+            CLUSTER => self.clusters.keys().cloned().collect(),
+            _ => self.endpoints.keys().cloned().collect(),
         }
     }
 }
@@ -261,9 +320,6 @@ impl Resources {
     /// The names of every route configuration and every EDS cluster's
     /// endpoints these resources need.
     pub fn wanted(&self) -> Wanted {
-        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-            ClusterDiscoveryType, DiscoveryType,
-        };
         use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
             HttpConnectionManager, http_connection_manager::RouteSpecifier,
         };
@@ -298,15 +354,8 @@ impl Resources {
             }
         }
         for (name, c) in &self.clusters {
-            if c.cluster_discovery_type
-                == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
-            {
-                let service = c
-                    .eds_cluster_config
-                    .as_ref()
-                    .map(|e| e.service_name.clone())
-                    .filter(|s| !s.is_empty());
-                w.endpoints.insert(service.unwrap_or_else(|| name.clone()));
+            if let Some(service) = eds_service(name, c) {
+                w.endpoints.insert(service.to_owned());
             }
         }
         for r in self.routes.values() {
@@ -359,6 +408,23 @@ impl Resources {
                 .collect(),
         }
     }
+}
+
+/// The `ClusterLoadAssignment` an EDS cluster called `name` takes its
+/// endpoints from: its `service_name`, else its own name. `None` for a
+/// cluster of another type.
+pub fn eds_service<'a>(name: &'a str, c: &'a Cluster) -> Option<&'a str> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    if c.cluster_discovery_type != Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)) {
+        return None;
+    }
+    let service = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.as_str());
+    Some(service.filter(|s| !s.is_empty()).unwrap_or(name))
 }
 
 impl Wanted {
