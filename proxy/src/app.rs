@@ -123,19 +123,22 @@ impl Shared {
             let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.runtime.load_full();
             let (old, new) = (&current.snapshot.config, &snapshot.config);
-            let swaps: Option<Vec<_>> = clusters
-                .iter()
-                .map(|name| {
-                    let running = current.cluster(name)?;
-                    let c = new.clusters.get(name)?;
-                    old.clusters
-                        .get(name)?
-                        .same_but_endpoints(c)
-                        .then_some((running, c))
-                })
-                .collect();
+            let swaps = || -> Option<Vec<_>> {
+                clusters
+                    .iter()
+                    .map(|name| {
+                        let running = current.cluster(name)?;
+                        let c = new.clusters.get(name)?;
+                        old.clusters
+                            .get(name)?
+                            .same_but_endpoints(c)
+                            .then_some((running, c))
+                    })
+                    .collect()
+            };
+            // Checked first: a patch over another snapshot is applied whole.
             if Arc::ptr_eq(&current.snapshot, over)
-                && let Some(swaps) = swaps
+                && let Some(swaps) = swaps()
             {
                 for (cluster, c) in swaps {
                     cluster.set_endpoints(&self.clusters.registry, &c.endpoints);
