@@ -211,7 +211,11 @@ impl Shared {
         let outcome = match update {
             Update::Valid(snapshot) => {
                 let source = snapshot.source.clone();
-                self.outcome(&source, self.apply(kind, snapshot))
+                let result = self.apply(kind, snapshot);
+                // The parse behind the new snapshot is gone, and the old snapshot
+                // with it unless a request in flight still holds it.
+                crate::memory::release();
+                self.outcome(&source, result)
             }
             Update::Endpoints {
                 over,

@@ -13,6 +13,7 @@ pub mod health;
 pub mod k8s;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
