@@ -53,6 +53,41 @@ pub struct Config {
     /// file alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlFeed>,
+    /// The process's budgets: past them, new requests get 503 `overloaded` instead of
+    /// taking the process down. Changes live.
+    #[serde(default)]
+    pub overload: Overload,
+}
+
+/// When Skiff sheds load: 503 `skiff-error: overloaded` (gRPC UNAVAILABLE) for new
+/// requests while a budget is spent, served again once it is not.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// Downstream connections open at once, all listeners together. A connection past it
+    /// is answered 503 `overloaded` and closed after that answer. 1 to 10000000.
+    #[serde(default = "default_overload_connections")]
+    pub max_connections: u32,
+    /// Resident memory (RSS) in MiB. From 95% of it, new requests get 503 `overloaded`
+    /// until it is back under 90%. Absent: no memory budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u32>,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Self {
+            max_connections: default_overload_connections(),
+            max_memory_mib: None,
+        }
+    }
+}
+
+/// Envoy's advice for `global_downstream_max_connections` is "set one";
+/// 100,000 is far above what one sidecar's workload opens, and far below
+/// the file descriptors a pod gets (two per proxied connection).
+fn default_overload_connections() -> u32 {
+    100_000
 }
 
 impl Config {
@@ -151,6 +186,14 @@ pub struct Listener {
     /// Most header fields a request may carry; more gets 431 `bad-request`. 1 to 10000.
     #[serde(default = "default_max_request_headers_count")]
     pub max_request_headers_count: u32,
+    /// Connections this listener holds open at once; one past it is closed as it is
+    /// accepted. 1 or more. Absent: no limit but `overload.max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// HTTP/2 streams a client may have open on one connection; more are refused with
+    /// `REFUSED_STREAM`, which a client may retry. 1 to 2147483647.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
     /// Takes connections redirected to it (by `skiff iptables`): reads each one's original
     /// destination (SO_ORIGINAL_DST) and detects its protocol. TLS is terminated when `tls`
     /// is set and relayed untouched otherwise; HTTP/2 and HTTP/1 are served by `routes`,
@@ -194,6 +237,12 @@ fn default_max_request_headers_kb() -> u32 {
 
 fn default_max_request_headers_count() -> u32 {
     100
+}
+
+/// Envoy's default is 2^31-1, with 100 advised for edge proxies; a sidecar's
+/// one client multiplexes more than an edge's many, so 1024.
+fn default_max_concurrent_streams() -> u32 {
+    1024
 }
 
 /// Which side of the workload a listener serves.

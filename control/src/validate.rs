@@ -105,6 +105,19 @@ impl Checker {
                 format!("{workers} is out of range: between 1 and 1024 worker threads"),
             );
         }
+        let o = &config.overload;
+        if !(1..=10_000_000).contains(&o.max_connections) {
+            self.at_value(
+                "overload.max_connections",
+                format!("{} is not between 1 and 10000000", o.max_connections),
+            );
+        }
+        if o.max_memory_mib == Some(0) {
+            self.at_value(
+                "overload.max_memory_mib",
+                "0: a memory budget is at least 1 MiB",
+            );
+        }
     }
 
     fn refused_top_level(&mut self, config: &Config) {
@@ -238,6 +251,21 @@ impl Checker {
                 self.at_value(
                     &format!("{at}.max_request_headers_count"),
                     format!("{} is not between 1 and 10000", l.max_request_headers_count),
+                );
+            }
+            if l.max_connections == Some(0) {
+                self.at_value(
+                    &format!("{at}.max_connections"),
+                    "0: a listener takes at least one connection".to_owned(),
+                );
+            }
+            if !(1..=i32::MAX as u32).contains(&l.max_concurrent_streams) {
+                self.at_value(
+                    &format!("{at}.max_concurrent_streams"),
+                    format!(
+                        "{} is not between 1 and 2147483647",
+                        l.max_concurrent_streams
+                    ),
                 );
             }
             self.listener_target(config, &at, l);

@@ -37,6 +37,10 @@ pub enum Reason {
     /// `bad-request` for a transfer coding Skiff does not know (RFC 9112
     /// §6.1: a server answers 501 rather than guess the body's framing).
     UnknownCoding,
+    /// The process is past a budget of `overload:` (connections, memory):
+    /// shed before routing. 503, gRPC UNAVAILABLE; a client may retry
+    /// elsewhere or later.
+    Overloaded,
     /// Fault injection: the status comes with the fault's config.
     FaultInjected {
         status: u16,
@@ -47,7 +51,7 @@ pub enum Reason {
 impl Reason {
     /// Every reason, for the reference (`docs/reference/errors.md`); the
     /// fault's status stands for "as configured".
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::NoRoute,
         Reason::ConnectFailed,
         Reason::NoHealthyEndpoints,
@@ -59,6 +63,7 @@ impl Reason {
         Reason::BadRequest,
         Reason::HeadTooLarge,
         Reason::UnknownCoding,
+        Reason::Overloaded,
         Reason::FaultInjected {
             status: 503,
             grpc_status: None,
@@ -76,6 +81,7 @@ impl Reason {
             Reason::RateLimited => "rate-limited",
             Reason::Forbidden => "forbidden",
             Reason::BadRequest | Reason::HeadTooLarge | Reason::UnknownCoding => "bad-request",
+            Reason::Overloaded => "overloaded",
             Reason::FaultInjected { .. } => "fault-injected",
         }
     }
@@ -105,6 +111,7 @@ impl Reason {
             Reason::BadRequest => "malformed request",
             Reason::HeadTooLarge => "request headers too large",
             Reason::UnknownCoding => "transfer coding not implemented",
+            Reason::Overloaded => "the proxy is overloaded",
             Reason::FaultInjected { .. } => "fault injected",
         }
     }
@@ -112,9 +119,10 @@ impl Reason {
     pub fn http_status(self) -> StatusCode {
         match self {
             Reason::NoRoute => StatusCode::NOT_FOUND,
-            Reason::ConnectFailed | Reason::NoHealthyEndpoints | Reason::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::ConnectFailed
+            | Reason::NoHealthyEndpoints
+            | Reason::CircuitOpen
+            | Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -135,7 +143,8 @@ impl Reason {
             Reason::ConnectFailed
             | Reason::NoHealthyEndpoints
             | Reason::CircuitOpen
-            | Reason::UpstreamReset => 14,
+            | Reason::UpstreamReset
+            | Reason::Overloaded => 14,
             Reason::Timeout => 4,
             Reason::RateLimited => 8,
             Reason::Forbidden => 7,

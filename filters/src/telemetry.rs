@@ -142,6 +142,7 @@ pub struct Metrics {
     tls_handshakes: Family<HandshakeLabels, Counter>,
     config_updates: Family<ConfigUpdateLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    panics: Family<ListenerLabels, Counter>,
     access_log_dropped: Family<AccessLogLabels, Counter>,
     /// Exact percentiles over the last minute, for `/stats`.
     pub stats: crate::stats::Stats,
@@ -217,6 +218,12 @@ impl Metrics {
             "Requests and connections refused before routing, by why",
             refusals.clone(),
         );
+        let panics = Family::default();
+        registry.register(
+            "panics",
+            "Connection and stream tasks that panicked (each closed alone)",
+            panics.clone(),
+        );
         let access_log_dropped = Family::default();
         registry.register(
             "access_log_dropped",
@@ -238,6 +245,7 @@ impl Metrics {
             tls_handshakes,
             config_updates,
             refusals,
+            panics,
         })
     }
 
@@ -324,7 +332,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a request or connection refused before it reached a route.
     /// The counter of lines the access log at `path` dropped.
     pub fn access_log_dropped(&self, path: &str) -> Counter {
         self.access_log_dropped
@@ -333,11 +340,21 @@ impl Metrics {
             })
     }
 
+    /// Counts a request or connection refused before it reached a route.
     pub fn refused(&self, listener: &Arc<str>, reason: &'static str) {
         self.refusals
             .get_or_create(&RefusalLabels {
                 listener: listener.clone(),
                 reason,
+            })
+            .inc();
+    }
+
+    /// Counts a connection or stream task of `listener` that panicked.
+    pub fn panicked(&self, listener: &Arc<str>) {
+        self.panics
+            .get_or_create(&ListenerLabels {
+                listener: listener.clone(),
             })
             .inc();
     }
@@ -488,6 +505,14 @@ impl Meters {
 /// Decrements `connections_active` when the connection ends.
 #[derive(Debug)]
 pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    /// Connections open now on the guard's listener, this one included: a
+    /// listener's `max_connections` reads it without a lookup.
+    pub fn active(&self) -> i64 {
+        self.0.get()
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -68,6 +68,8 @@ pub struct Shared {
     /// One apply at a time: plans are made against the running state and
     /// committed over it, so two interleaved would undo each other.
     applying: Mutex<()>,
+    /// `overload:`: the process's budgets, and what is spent of them.
+    pub overload: Arc<crate::overload::Overload>,
 }
 
 /// A config that was not applied, and why.
@@ -196,6 +198,7 @@ impl Shared {
         // Nothing could fail from here on.
         *self.tracing.lock().unwrap_or_else(|p| p.into_inner()) = tracing;
         let version = next.snapshot.version;
+        self.overload.set_budget(&next.snapshot.config.overload);
         self.clusters.commit(clusters);
         self.runtime.store(Arc::new(next));
         self.listeners
@@ -609,6 +612,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         shutdown: tokio::sync::Notify::new(),
         stopping: AtomicBool::new(false),
         applying: Mutex::new(()),
+        overload: crate::overload::Overload::new(&config.overload),
     });
     let listeners =
         shared
@@ -629,6 +633,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         })?;
     info!(%admin, "admin listening");
     let admin_task = tokio::spawn(admin::run(admin_socket, shared.clone()));
+    let overload_watch = tokio::spawn(crate::overload::watch(shared.overload.clone()));
     let reloader = identity.map(|i| tls::spawn_reloader(i, tls::RELOAD_INTERVAL));
     // With a control feed, ready waits for its first complete config.
     let feed = config.control.is_some();
@@ -640,7 +645,7 @@ pub async fn build_from(snapshot: Snapshot) -> Result<Bound, BuildError> {
         drain_timeout,
         admin_task,
         reloader,
-        background: Vec::new(),
+        background: vec![overload_watch],
         deadline: std::sync::OnceLock::new(),
     })
 }

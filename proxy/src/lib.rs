@@ -14,6 +14,8 @@ pub mod k8s;
 pub mod listener;
 pub mod logging;
 pub mod memory;
+pub mod overload;
+pub mod panics;
 pub mod protocol;
 pub mod runtime;
 pub mod server;

@@ -22,11 +22,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
-use skiff_filters::telemetry::Metrics;
+use skiff_filters::telemetry::{ConnectionGuard, Metrics};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::app::{BuildError, Shared};
+use crate::overload::{Overload, Ticket};
+use crate::panics;
 use crate::protocol::{self, Servers};
 use crate::server::{self, Handler, ListenerCtx};
 use crate::shutdown::{Scope, Watch};
@@ -56,6 +58,10 @@ pub struct ListenerState {
     /// `transparent: true`: each connection's destination is read and its
     /// protocol detected (see [`transparent`]).
     pub transparent: Option<Transparent>,
+    /// `max_connections`: past it, a new connection is closed as accepted.
+    pub max_connections: Option<i64>,
+    /// The process's budgets (`overload:`): past them, requests get 503.
+    pub overload: Arc<Overload>,
 }
 
 /// How a transparent listener treats a connection.
@@ -95,8 +101,11 @@ impl ListenerState {
             p => Serve::Http {
                 servers: Arc::new(protocol::servers(
                     p,
-                    l.header_timeout.get(),
-                    protocol::HeadLimits::of(l),
+                    l,
+                    panics::Executor(panics::Context {
+                        listener: name.clone(),
+                        metrics: shared.metrics.clone(),
+                    }),
                 )),
                 handler: Handler {
                     shared: shared.clone(),
@@ -110,6 +119,7 @@ impl ListenerState {
                     peer: None,
                     xfcc: None,
                     dst: None,
+                    shed: false,
                 },
             },
         };
@@ -119,6 +129,8 @@ impl ListenerState {
             serve,
             tls,
             transparent,
+            max_connections: l.max_connections.map(i64::from),
+            overload: shared.overload.clone(),
         })
     }
 }
@@ -455,38 +467,56 @@ pub async fn run(
         };
         let current = state.load_full();
         debug!(listener = %current.name, %peer, "accepted");
+        let guard = metrics.connection_opened(&current.name);
+        // Past the listener's own limit: closed as accepted (Envoy's
+        // per-listener limit does the same); the client may try another.
+        if let Some(max) = current.max_connections
+            && guard.active() > max
+        {
+            metrics.refused(&current.name, "max-connections");
+            debug!(listener = %current.name, %peer, max, "listener at max_connections: closed");
+            continue;
+        }
+        let ticket = current.overload.connection();
         // Small writes (headers, gRPC frames) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let guard = metrics.connection_opened(&current.name);
         let watch = drain.clone();
+        let cx = panics::Context {
+            listener: current.name.clone(),
+            metrics: metrics.clone(),
+        };
+        let shed = ticket.shed();
+        let hold = (guard, ticket);
         if current.transparent.is_some() {
-            tokio::spawn(async move {
-                transparent(stream, current, watch).await;
-                drop(guard);
-            });
+            spawn_contained(cx, peer, hold, transparent(stream, current, watch, shed));
             continue;
         }
         match (&current.serve, current.tls.clone()) {
             (Serve::Http { servers, handler }, None) => {
-                let (servers, handler) = (servers.clone(), handler.clone());
-                tokio::spawn(async move {
+                let (servers, mut handler) = (servers.clone(), handler.clone());
+                handler.shed = shed;
+                spawn_contained(cx, peer, hold, async move {
                     server::serve_connection(stream, servers, handler, watch).await;
-                    drop(guard);
                 });
             }
             (Serve::Http { servers, handler }, Some(tls)) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());
-                tokio::spawn(async move {
+                handler.shed = shed;
+                spawn_contained(cx, peer, hold, async move {
                     if let Some(Accepted { io, peer }) = tls.accept(stream).await {
                         handler.set_peer(peer);
                         server::serve_connection(io, servers, handler, watch).await;
                     }
-                    drop(guard);
                 });
+            }
+            // A byte relay has no way to say "overloaded": closed.
+            (Serve::Tcp { .. }, _) if shed => {
+                metrics.refused(&current.name, "overloaded");
+                debug!(listener = %current.name, %peer, "overloaded: TCP connection closed");
             }
             (Serve::Tcp { cluster, shared }, tls) => {
                 let (cluster, shared) = (cluster.clone(), shared.clone());
-                tokio::spawn(async move {
+                spawn_contained(cx, peer, hold, async move {
                     match tls {
                         None => relay(stream, &cluster, &shared, watch).await,
                         Some(tls) => {
@@ -495,12 +525,26 @@ pub async fn run(
                             }
                         }
                     }
-                    drop(guard);
                 });
             }
         }
     }
     debug!(listener = %state.load().name, "stopped accepting");
+}
+
+/// Runs one connection's task, [`panics::contained`]; `hold` (its place in
+/// `skiff_connections_active` and the overload budget) is given back when
+/// the task ends, panicked or not.
+fn spawn_contained(
+    cx: panics::Context,
+    peer: SocketAddr,
+    hold: (ConnectionGuard, Ticket),
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        panics::contained(&cx, Some(peer), task).await;
+        drop(hold);
+    });
 }
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream
@@ -595,7 +639,12 @@ pub fn original_destination(stream: &tokio::net::TcpStream) -> Option<SocketAddr
 /// relayed untouched when it does not (the app's own TLS to the outside);
 /// HTTP/1 and HTTP/2 are served by the listener's routes, with the original
 /// destination on each request (`match.port`, passthrough clusters).
-async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, watch: Watch) {
+async fn transparent(
+    stream: tokio::net::TcpStream,
+    state: Arc<ListenerState>,
+    watch: Watch,
+    shed: bool,
+) {
     let Some(t) = &state.transparent else {
         return;
     };
@@ -610,6 +659,7 @@ async fn transparent(stream: tokio::net::TcpStream, state: Arc<ListenerState>, w
         return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await;
     };
     let mut handler = handler.clone();
+    handler.shed = shed;
     // Only a redirected connection has a destination: one made to the
     // listener itself has none (falling back to the listener's own address
     // would send a passthrough cluster back here, in a loop).

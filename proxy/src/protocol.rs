@@ -31,10 +31,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use skiff_control::model::{Listener, ListenerProtocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::panics::Executor;
 
 /// The content type of a TLS handshake record: a ClientHello's first byte.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -130,7 +132,7 @@ fn is_tchar(b: u8) -> bool {
 /// fills the buffer: hyper judges long methods); garbage at the first byte
 /// that cannot belong to a request line's start. Empty lines before the
 /// request line are allowed (RFC 9112 §2.2).
-fn decide(read: &[u8]) -> Option<Spoken> {
+pub fn decide(read: &[u8]) -> Option<Spoken> {
     if read == H2_PREFACE {
         return Some(Spoken::Http2);
     }
@@ -220,30 +222,27 @@ impl HeadLimits {
 pub struct Servers {
     pub protocol: ListenerProtocol,
     pub http1: http1::Builder,
-    pub http2: http2::Builder<TokioExecutor>,
+    pub http2: http2::Builder<Executor>,
 }
 
-/// The servers for one listener.
-pub fn servers(
-    protocol: ListenerProtocol,
-    header_timeout: Duration,
-    limits: HeadLimits,
-) -> Servers {
+/// The servers for listener `l`; its HTTP/2 streams run on `exec`.
+pub fn servers(protocol: ListenerProtocol, l: &Listener, exec: Executor) -> Servers {
+    let limits = HeadLimits::of(l);
     let parser_bytes = (limits.bytes * PARSER_HEADROOM).max(MIN_PARSER_HEAD_BYTES);
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(l.header_timeout.get())
         .keep_alive(true)
         .max_buf_size(parser_bytes)
         .max_headers(limits.count * PARSER_HEADROOM);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(exec);
     http2
         .timer(TokioTimer::new())
         // Follow the peer's bandwidth-delay product instead of a fixed 64 KiB
         // window, so large streams (8 MiB bodies, gRPC streams) keep moving.
         .adaptive_window(true)
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(l.max_concurrent_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_header_list_size(u32::try_from(parser_bytes).unwrap_or(u32::MAX))

@@ -54,6 +54,9 @@ pub struct Handler {
     /// Where the connection was originally going (a transparent listener):
     /// set on each request for `match.port` and passthrough clusters.
     pub dst: Option<std::net::SocketAddr>,
+    /// The connection came past `overload.max_connections`: each request on
+    /// it is answered 503 `overloaded`, and an HTTP/1 connection closes.
+    pub shed: bool,
 }
 
 impl Handler {
@@ -68,6 +71,10 @@ impl Handler {
     /// `drain` is the connection's: an upgraded connection outlives the
     /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
     pub async fn handle(self, mut req: Request<Incoming>, drain: &Arc<Watch>) -> Response<Body> {
+        #[cfg(feature = "panic-probe")]
+        if req.headers().contains_key("skiff-test-panic") {
+            panic!("panic probe: the request asked for it");
+        }
         let mut rec = Recorder::new(
             self.shared.metrics.clone(),
             self.listener.direction.as_str(),
@@ -86,7 +93,15 @@ impl Handler {
         }
         let grpc = classify::is_grpc(req.headers());
         // The head is checked as the client sent it, before Skiff adds to it.
-        let admitted = admit(&mut req, self.listener.limits);
+        let admitted = if self.shed || self.shared.overload.memory_over() {
+            Err(Refusal {
+                reason: Reason::Overloaded,
+                counted_as: "overloaded",
+                message: Reason::Overloaded.text(),
+            })
+        } else {
+            admit(&mut req, self.listener.limits)
+        };
         headers::ensure_request_id(req.headers_mut());
         // Kept for the answer and log line of a failure: copied onto the
         // stack, since cloning a header value Skiff generated would allocate.
@@ -109,7 +124,12 @@ impl Handler {
                 request_id.as_str(),
                 refusal.message,
             );
-            let rsp = error::reply(refusal.reason, refusal.message, grpc);
+            let mut rsp = error::reply(refusal.reason, refusal.message, grpc);
+            if self.shed && req.version() <= Version::HTTP_11 {
+                // hyper closes the connection after this answer.
+                rsp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return finish(stamp(rsp, &request_id), rec);
         }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());

@@ -544,7 +544,7 @@ const LABELS: [(&str, &str); 13] = [
     ),
     (
         "reason",
-        "why a request or connection was refused before routing: `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`, `bad-host`, `header-timeout`",
+        "why a request or connection was refused before routing: `head-too-large`, `malformed`, `wrong-protocol`, `unknown-coding`, `bad-host`, `header-timeout`, `max-connections` (the listener's limit: closed as accepted), `overloaded` (past a budget of `overload:`: answered 503)",
     ),
     ("path", "the access log's `path`, from the config"),
     ("le", "histogram bucket: upper bound in seconds"),
@@ -569,6 +569,7 @@ fn metrics() -> String {
     m.tls_handshake(&name, "ok");
     m.config_update("file", "applied");
     m.refused(&name, "malformed");
+    m.panicked(&name);
     m.access_log_dropped("/dev/stdout").inc();
     let text = m.encode();
 
@@ -656,6 +657,9 @@ fn when(reason: Reason) -> &'static str {
         }
         Reason::UnknownCoding => {
             "A `Transfer-Encoding` Skiff does not know, so it cannot tell where the body ends."
+        }
+        Reason::Overloaded => {
+            "The process is past a budget of `overload:`: more downstream connections than `max_connections` (every request on the connection past it), or resident memory at 95% of `max_memory_mib` (new requests, until it is under 90%)."
         }
         Reason::FaultInjected { .. } => "The route's `fault.abort` fired.",
     }

@@ -245,6 +245,19 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads until the peer closes (or resets) the connection: what a client
+/// got before the proxy hung up, when a reset is as good as EOF.
+pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match crate::guard("reading until the peer closes", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Reads from `stream` until the end of an HTTP/1 response head (`\r\n\r\n`)
 /// and returns the head; bytes after it stay in the returned remainder.
 pub async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {

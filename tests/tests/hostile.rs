@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use integration_tests::body::empty;
-use integration_tests::client::ClientProtocol;
+use integration_tests::client::{ClientProtocol, read_to_close};
 use integration_tests::{Backend, Client, Listening, Proxy, TcpServer, guard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,18 +61,6 @@ async fn assert_serves(proxy: &Proxy, protocol: ClientProtocol, case: &str) {
         StatusCode::OK,
         "{case}: proxy stopped serving: {rsp:?}"
     );
-}
-
-/// Reads until the proxy closes (or resets) the connection.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match guard("reading until the proxy closes", stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Sends `request` on a new connection, reads until the proxy closes it.
@@ -758,6 +746,72 @@ async fn h2_rapid_reset_is_cut_off() {
         seen < 100,
         "the upstream saw {seen} of {STREAMS} reset streams"
     );
+    app.join().await;
+}
+
+/// PING and SETTINGS floods: h2 keeps one pending PING ACK and one pending
+/// SETTINGS at a time, however many arrive, so a flood costs the proxy CPU
+/// but no memory, and the connection goes on serving. Sent in chunks, each
+/// ended by a marked PING whose ACK says the chunk was read (only the
+/// newest PING is acknowledged when they pile up, so the marked one is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_ping_and_settings_floods_cost_no_memory_and_the_connection_serves() {
+    const CHUNKS: u64 = 20;
+    const PER_CHUNK: u64 = 1000;
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let mut conn = RawH2::open(proxy.main()).await;
+    for chunk in 0..CHUNKS {
+        let mut flood = Vec::new();
+        for i in 0..PER_CHUNK {
+            flood.extend(frame(PING, 0, 0, &(chunk * PER_CHUNK + i).to_be_bytes()));
+            if i % 4 == 0 {
+                flood.extend(frame(SETTINGS, 0, 0, &[]));
+            }
+        }
+        let marker = u64::MAX - chunk;
+        flood.extend(frame(PING, 0, 0, &marker.to_be_bytes()));
+        conn.send(&flood).await;
+        conn.until(|f| f.kind == PING && f.flags & ACK == ACK && f.payload == marker.to_be_bytes())
+            .await
+            .unwrap_or_else(|| panic!("closed in chunk {chunk}"));
+    }
+    conn.send(&get(1, "/alive", &[], END_STREAM | END_HEADERS))
+        .await;
+    let rsp = conn
+        .until(|f| f.stream == 1 && f.kind == HEADERS)
+        .await
+        .expect("the request after the flood is answered");
+    assert_eq!(rsp.kind, HEADERS);
+    assert_serves(&proxy, ClientProtocol::H2c, "after the floods").await;
+    app.join().await;
+}
+
+/// A header block that never ends: HEADERS without END_HEADERS, then
+/// CONTINUATION frames by the thousand (CVE-2024-27316's class). h2 counts
+/// them against the largest header list it accepts and ends the connection
+/// with GOAWAY ENHANCE_YOUR_CALM; nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_continuation_flood_is_cut_off() {
+    const CONTINUATION: u8 = 0x9;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let mut conn = RawH2::open(proxy.main()).await;
+    let mut flood = get(1, "/flood", &[], 0);
+    let field = hpack(&[("x-a", "b")]);
+    for _ in 0..100_000 {
+        flood.extend(frame(CONTINUATION, 0, 1, &field));
+    }
+    // The proxy hangs up mid-flood; that is the point.
+    let _ = conn.stream.write_all(&flood).await;
+    let goaway = conn
+        .until(|f| f.kind == GOAWAY)
+        .await
+        .expect("the flood must end in GOAWAY");
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_serves(&proxy, ClientProtocol::H2c, "after the flood").await;
+    assert_eq!(app.requests(), 0);
     app.join().await;
 }
 

@@ -315,6 +315,20 @@ fn cases() -> Vec<Case> {
             small_plus("runtime: { workers: 1025 }\n"),
             vec![(11, 21, "runtime.workers: 1025 is out of range")],
         ),
+        (
+            "overload max_connections 0",
+            small_plus("overload: { max_connections: 0 }\n"),
+            vec![(
+                11,
+                30,
+                "overload.max_connections: 0 is not between 1 and 10000000",
+            )],
+        ),
+        (
+            "overload max_memory_mib 0",
+            small_plus("overload: { max_memory_mib: 0 }\n"),
+            vec![(11, 29, "overload.max_memory_mib: 0: a memory budget")],
+        ),
         // --- listeners ---
         (
             "listener address",
@@ -762,6 +776,26 @@ fn cases() -> Vec<Case> {
                 7,
                 39,
                 "routes.app[0].split[0].weight: weight 4294967295 is over 1000000",
+            )],
+        ),
+        (
+            "listener max_connections 0",
+            small_with(
+                "routes: app\nroutes:",
+                "routes: app\n    max_connections: 0\nroutes:",
+            ),
+            vec![(5, 22, "listeners[0].max_connections: 0: a listener takes")],
+        ),
+        (
+            "listener max_concurrent_streams 0",
+            small_with(
+                "routes: app\nroutes:",
+                "routes: app\n    max_concurrent_streams: 0\nroutes:",
+            ),
+            vec![(
+                5,
+                29,
+                "listeners[0].max_concurrent_streams: 0 is not between 1 and 2147483647",
             )],
         ),
         (

@@ -185,6 +185,8 @@ fn listener(mut l: xl::Listener, r: &mut Refusals<'_>) -> Option<model::Listener
         header_timeout: Duration::from_secs(10),
         max_request_headers_kb: 60,
         max_request_headers_count: 100,
+        max_connections: None,
+        max_concurrent_streams: 1024,
         transparent,
         detect_timeout: detect.unwrap_or(Duration::from_millis(250)),
         tls: None,

@@ -72,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::check(&config),
         Command::Run { config, logs } => {
             logs.init();
+            crate::panics::log_panics();
             run::run(&config)
         }
         Command::Certs(c) => certs::certs(c),
