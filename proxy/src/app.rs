@@ -17,12 +17,20 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::cluster::Clusters;
+use crate::cluster::{Cluster, Clusters, Plan};
 use crate::listener::{self, Listeners};
 use crate::runtime::{CompileError, Runtime};
 use crate::shutdown::{Signal, Watch};
 use crate::tls::{self, Identity, IdentityError};
 use crate::trace::Tracing;
+
+/// What `Shared::apply_clusters` commits: the runtime, the plan of the
+/// clusters whose settings changed, and the endpoint sets swapped in place.
+type Patch = (
+    Runtime,
+    Option<Plan>,
+    Vec<(Arc<Cluster>, Vec<skiff_control::model::Endpoint>)>,
+);
 
 /// How often a sidecar's shutdown looks at its open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -108,13 +116,15 @@ impl Shared {
         result
     }
 
-    /// Applies `snapshot`, which is `over` with the endpoints of `clusters`
-    /// changed (`Update::Endpoints`): while `over` runs, by swapping those
-    /// endpoint sets alone, so a control feed's endpoint update does work
-    /// for the clusters it names, not for the whole config. Routes, pools
-    /// and policy state stay; requests in flight finish on the set they
-    /// picked from. Otherwise, as [`Shared::apply`].
-    pub fn apply_endpoints(
+    /// Applies `snapshot`, which is `over` with `clusters` changed and
+    /// nothing else (`Update::Clusters`), doing work for those clusters
+    /// alone while `over` is what runs: a cluster whose settings are
+    /// unchanged gets its endpoint set swapped; one whose settings changed
+    /// is planned again (`Clusters::plan_only`) and the routes that send to
+    /// it are compiled again (`Runtime::recompile`), every other route,
+    /// pool and piece of policy state staying. Requests in flight finish on
+    /// what they picked. Otherwise, as [`Shared::apply`].
+    pub fn apply_clusters(
         self: &Arc<Self>,
         source: &'static str,
         over: &Arc<Snapshot>,
@@ -124,36 +134,60 @@ impl Shared {
         {
             let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.runtime.load_full();
-            let (old, new) = (&current.snapshot.config, &snapshot.config);
-            let swaps = || -> Option<Vec<_>> {
-                clusters
-                    .iter()
-                    .map(|name| {
-                        let running = current.cluster(name)?;
-                        let c = new.clusters.get(name)?;
-                        old.clusters
-                            .get(name)?
-                            .same_but_endpoints(c)
-                            .then_some((running, c))
-                    })
-                    .collect()
-            };
             // Checked first: a patch over another snapshot is applied whole.
             if Arc::ptr_eq(&current.snapshot, over)
-                && let Some(swaps) = swaps()
+                && let Some(next) = self.patch(&current, &snapshot, clusters)
             {
-                for (cluster, c) in swaps {
-                    cluster.set_endpoints(&self.clusters.registry, &c.endpoints);
+                let (runtime, plan, swaps) = next?;
+                for (cluster, endpoints) in swaps {
+                    cluster.set_endpoints(&self.clusters.registry, &endpoints);
+                }
+                if let Some(plan) = plan {
+                    self.clusters.commit(plan);
                 }
                 let version = snapshot.version;
-                self.runtime
-                    .store(Arc::new(current.with_snapshot(snapshot)));
+                self.runtime.store(Arc::new(runtime));
                 self.metrics.config_update(source, "applied");
-                info!(version, clusters = clusters.len(), "endpoints applied");
+                info!(version, clusters = clusters.len(), "clusters applied");
                 return Ok(());
             }
         }
         self.apply(source, snapshot)
+    }
+
+    /// The runtime, cluster plan and endpoint swaps that make `snapshot`
+    /// (`current`'s with `clusters` changed) run; `None` when a listed
+    /// cluster does not run or is not in both configs (applied whole).
+    fn patch(
+        &self,
+        current: &Runtime,
+        snapshot: &Arc<Snapshot>,
+        clusters: &[String],
+    ) -> Option<Result<Patch, BuildError>> {
+        let (old, new) = (&current.snapshot.config, &snapshot.config);
+        let mut swaps = Vec::new();
+        let mut replanned: Vec<&str> = Vec::new();
+        for name in clusters {
+            let running = current.cluster(name)?;
+            let (was, now) = (old.clusters.get(name)?, new.clusters.get(name)?);
+            if was.same_but_endpoints(now) {
+                swaps.push((running.clone(), now.endpoints.clone()));
+            } else {
+                replanned.push(name);
+            }
+        }
+        if replanned.is_empty() {
+            return Some(Ok((current.with_snapshot(snapshot.clone()), None, swaps)));
+        }
+        let plan =
+            self.clusters
+                .plan_only(new, &replanned, &self.metrics, self.identity.as_ref())?;
+        let runtime = current.recompile(snapshot.clone(), &self.metrics, &plan, &replanned);
+        Some(
+            runtime
+                .map(|runtime| (runtime, Some(plan), swaps))
+                .map_err(BuildError::from),
+        )
     }
 
     fn try_apply(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Result<(), BuildError> {
@@ -220,7 +254,7 @@ impl Shared {
                 crate::memory::release();
                 self.outcome(&source, result)
             }
-            Update::Endpoints {
+            Update::Clusters {
                 over,
                 snapshot,
                 clusters,
@@ -228,7 +262,7 @@ impl Shared {
                 let source = snapshot.source.clone();
                 self.outcome(
                     &source,
-                    self.apply_endpoints(kind, &over, snapshot, &clusters),
+                    self.apply_clusters(kind, &over, snapshot, &clusters),
                 )
             }
             Update::Invalid(errors) => {

@@ -24,17 +24,20 @@ use skiff_filters::telemetry::Metrics;
 use crate::cluster::{Cluster, Plan, Settings};
 use crate::upstream::ClusterService;
 
+/// A compiled route table, shared by the runtimes that keep it.
+type RouteTable = Arc<Table<Arc<Route>>>;
+
 /// The compiled form of one config snapshot.
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     /// When this config started serving.
     pub applied_at: std::time::SystemTime,
-    tables: HashMap<String, Arc<Table<Arc<Route>>>>,
+    tables: HashMap<String, RouteTable>,
     /// Which table serves each listener socket, by the socket's key (see
     /// `listener::Running`), filled by [`Runtime::bind_listeners`]. Read per
     /// request, so a connection follows its listener's table as configs
     /// change, through renames, and while its listener drains after removal.
-    listeners: HashMap<Arc<str>, Arc<Table<Arc<Route>>>>,
+    listeners: HashMap<Arc<str>, RouteTable>,
     /// The clusters this config names, by name, for `/clusters` and tcp listeners.
     pub clusters: Vec<Arc<Cluster>>,
     /// Each route's token bucket with the config it was built from, by
@@ -44,6 +47,9 @@ pub struct Runtime {
     pub access_log: Option<Arc<AccessLog>>,
     /// `telemetry.tracing`: where spans go.
     pub tracing: Option<Arc<crate::trace::Tracing>>,
+    /// The authorization rules the route stacks check, for routes
+    /// compiled again by [`Runtime::recompile`].
+    authorization: Arc<Policy>,
 }
 
 /// One route of a table, ready to serve (its `match:` is the table's).
@@ -195,6 +201,78 @@ impl Runtime {
             rate_limits,
             access_log,
             tracing,
+            authorization,
+        })
+    }
+
+    /// This runtime serving `snapshot`, which differs from its own in the
+    /// clusters `changed` alone (settings or endpoints; none added or
+    /// removed), planned by `Clusters::plan_only`: only the routes that
+    /// send to one of them are compiled again, against `plan`; every other
+    /// route, each table's conditions and index, and the listeners' bindings
+    /// are shared. A pass over the routes, whatever their number.
+    pub fn recompile(
+        &self,
+        snapshot: Arc<Snapshot>,
+        metrics: &Arc<Metrics>,
+        plan: &Plan,
+        changed: &[&str],
+    ) -> Result<Self, CompileError> {
+        let uses_changed = |r: &Route| r.split.targets().any(|t| changed.contains(&&*t.cluster));
+        let mut tables = HashMap::with_capacity(self.tables.len());
+        let mut swapped: Vec<(RouteTable, RouteTable)> = Vec::new();
+        for (name, table) in &self.tables {
+            if !table.iter().any(|r| uses_changed(r)) {
+                tables.insert(name.clone(), table.clone());
+                continue;
+            }
+            let configs = snapshot
+                .config
+                .routes
+                .get(name)
+                .map_or(&[][..], Vec::as_slice);
+            let compiled = table.with_targets(|index, route| {
+                if !uses_changed(route) {
+                    return Ok(None);
+                }
+                let r = configs.get(index).ok_or_else(|| CompileError::NoTarget {
+                    table: name.clone(),
+                    index,
+                })?;
+                let ctx = RouteContext {
+                    label: route.label.clone(),
+                    metrics: metrics.clone(),
+                    authorization: self.authorization.clone(),
+                    rate_limit: self.rate_limits.get(&route.label).map(|(_, b)| b.clone()),
+                };
+                compile_route(name, index, r, plan, ctx).map(|(_, route)| Some(Arc::new(route)))
+            })?;
+            let compiled = Arc::new(compiled);
+            swapped.push((table.clone(), compiled.clone()));
+            tables.insert(name.clone(), compiled);
+        }
+        // Each socket follows its table to the new one; draining sockets too.
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|(key, table)| {
+                let now = swapped
+                    .iter()
+                    .find(|(was, _)| Arc::ptr_eq(was, table))
+                    .map_or_else(|| table.clone(), |(_, new)| new.clone());
+                (key.clone(), now)
+            })
+            .collect();
+        Ok(Self {
+            snapshot,
+            applied_at: std::time::SystemTime::now(),
+            tables,
+            listeners,
+            clusters: self.clusters.clone(),
+            rate_limits: self.rate_limits.clone(),
+            access_log: self.access_log.clone(),
+            tracing: self.tracing.clone(),
+            authorization: self.authorization.clone(),
         })
     }
 
@@ -211,6 +289,7 @@ impl Runtime {
             rate_limits: self.rate_limits.clone(),
             access_log: self.access_log.clone(),
             tracing: self.tracing.clone(),
+            authorization: self.authorization.clone(),
         }
     }
 

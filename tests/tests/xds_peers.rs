@@ -663,8 +663,8 @@ async fn answer_to(
 /// updates): each move serves from the new endpoint at once, `/config`
 /// and `/clusters` show it, the request's connection and route go on, an
 /// endpoint that does not decode is NACKed while the last good one serves,
-/// and a change of the cluster's settings after the moves is applied
-/// whole, keeping the endpoints the moves left.
+/// and a change of the cluster's settings after the moves is applied as a
+/// change of that cluster alone (planned again, its routes compiled again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_update_moves_one_cluster_and_nothing_else() {
     let a = Backend::named("a").spawn().await;
@@ -716,8 +716,8 @@ async fn an_endpoint_update_moves_one_cluster_and_nothing_else() {
 
     // Version 2 from the server: the cluster's settings change (round
     // robin to least request) and its endpoint is `a` again. The cluster
-    // comes first and is applied whole (with the last good endpoint, `b`),
-    // then the endpoints alone.
+    // comes first and is applied as a cluster change (with the last good
+    // endpoint, `b`), then the endpoints alone.
     let mut least = resources(a.addr(), None);
     let mut cluster: xc::Cluster =
         prost::Message::decode(least[CLUSTER][0].value.as_slice()).unwrap();
@@ -731,4 +731,23 @@ async fn an_endpoint_update_moves_one_cluster_and_nothing_else() {
     assert_eq!(service["endpoints"][0]["address"], a.addr().to_string());
     assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
     assert_eq!(proxy.feed().get().applied, 6, "nothing more to apply");
+
+    // Version 3: the settings alone change back (least request to
+    // ROUND_ROBIN, the proto's default, which is Skiff's default balancer),
+    // nothing refused in between: a change of that one cluster, planned
+    // again with its route compiled again, on the same connection.
+    let mut round = resources(a.addr(), None);
+    let mut cluster: xc::Cluster =
+        prost::Message::decode(round[CLUSTER][0].value.as_slice()).unwrap();
+    cluster.lb_policy = xc::cluster::LbPolicy::RoundRobin as i32;
+    round.insert(CLUSTER.to_owned(), vec![pack_any(cluster)]);
+    set.send_replace((3, Arc::new(round)));
+    proxy.wait_applied(7).await;
+    let config = admin.get("/config").await.json();
+    let service = &config["config"]["clusters"]["service"];
+    assert!(service["lb"].is_null(), "{config:#}");
+    assert_eq!(service["endpoints"][0]["address"], a.addr().to_string());
+    let clusters = admin.get("/clusters").await.text();
+    assert!(clusters.contains(&a.addr().to_string()), "{clusters}");
+    assert_eq!(client.get("/").await.header("x-backend"), Some("a"));
 }

@@ -154,7 +154,7 @@ mod tests {
         match update {
             Update::Valid(s) => &s.config.clusters["c"].endpoints[0].address,
             Update::Invalid(e) => panic!("{e}"),
-            Update::Endpoints { .. } => panic!("a file sends whole configs"),
+            Update::Clusters { .. } => panic!("a file sends whole configs"),
         }
     }
 
@@ -210,7 +210,7 @@ mod tests {
         match &d.update {
             Update::Valid(s) => assert_eq!(s.version, 4, "versions count every attempt"),
             Update::Invalid(e) => panic!("{e}"),
-            Update::Endpoints { .. } => panic!("a file sends whole configs"),
+            Update::Clusters { .. } => panic!("a file sends whole configs"),
         }
         d.reply.send(Outcome::Applied);
 
@@ -219,7 +219,7 @@ mod tests {
         let d = rx.recv().await.unwrap();
         match d.update {
             Update::Invalid(e) => assert!(e.to_string().contains("skiff.yaml:1:"), "{e}"),
-            Update::Valid(s) | Update::Endpoints { snapshot: s, .. } => panic!("accepted {s:?}"),
+            Update::Valid(s) | Update::Clusters { snapshot: s, .. } => panic!("accepted {s:?}"),
         }
         task.abort();
     }

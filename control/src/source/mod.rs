@@ -21,12 +21,15 @@ pub enum Update {
     /// Shared: the proxy serves it and the source keeps it, to make the
     /// next one from.
     Valid(Arc<Snapshot>),
-    /// `snapshot` is `over` with the endpoints of `clusters` changed, and
-    /// nothing else: while `over` is what runs, the proxy swaps those
-    /// endpoint sets alone, in time proportional to them (a control feed's
-    /// endpoint update at 10,000 clusters). Otherwise it applies `snapshot`
-    /// as it would `Valid`.
-    Endpoints {
+    /// `snapshot` is `over` with `clusters` changed (their endpoints, and
+    /// maybe their settings) and nothing else: no cluster added or
+    /// removed, no listener or route changed. While `over` is what runs,
+    /// the proxy does work for those clusters alone: it swaps the endpoint
+    /// sets of clusters whose settings are unchanged, and re-plans the
+    /// others, recompiling only the routes that use them (a control feed's
+    /// one-cluster delta at 10,000 clusters). Otherwise it applies
+    /// `snapshot` as it would `Valid`.
+    Clusters {
         over: Arc<Snapshot>,
         snapshot: Arc<Snapshot>,
         clusters: Vec<String>,

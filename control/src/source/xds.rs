@@ -513,6 +513,15 @@ impl Client {
                 .nack(wire, &inc.type_url, &inc.nonce, &problems.join("\n"))
                 .await;
         }
+        // Clusters that were there already and keep their assignment's
+        // name (a settings change) name the same endpoints as before.
+        let clusters_keep_names = inc.type_url == xds::CLUSTER
+            && fresh.clusters.iter().all(|(name, c)| {
+                self.working
+                    .clusters
+                    .get(name)
+                    .is_some_and(|old| xds::eds_service(name, old) == xds::eds_service(name, c))
+            });
         // 2. Fold it into the working copy.
         let fresh_names: Vec<String> = versions.iter().map(|(n, _)| n.clone()).collect();
         self.fold(&inc, fresh, versions);
@@ -523,13 +532,17 @@ impl Client {
             inc.type_url.clone(),
             (inc.nonce.clone(), inc.version.clone()),
         );
-        // 3. Follow what it names. Endpoints name nothing: an update of
-        // them that removes none leaves what is wanted, and what is
-        // missing of it, as they were.
-        let names_fixed = inc.type_url == xds::ENDPOINT && inc.removed.is_empty() && !inc.whole;
-        match names_fixed {
-            true => self.drop_unasked(&fresh_names),
-            false => self.resubscribe(wire).await?,
+        // 3. Follow what it names. Endpoints name nothing, and clusters
+        // that keep their names name what they did: an update of either
+        // that removes none leaves what is wanted, and what is missing of
+        // it, as they were (no pass over every resource held).
+        let endpoints_only = inc.type_url == xds::ENDPOINT;
+        let names_fixed =
+            (endpoints_only || clusters_keep_names) && inc.removed.is_empty() && !inc.whole;
+        match (names_fixed, endpoints_only) {
+            (true, true) => self.drop_unasked(&fresh_names),
+            (true, false) => {}
+            (false, _) => self.resubscribe(wire).await?,
         }
         // 4. Apply, if nothing is missing.
         self.settle(wire, names_fixed).await
@@ -709,7 +722,7 @@ impl Client {
             }
             return Ok(());
         }
-        let update = match self.endpoint_update() {
+        let update = match self.cluster_update() {
             Some(update) => update,
             None => self.whole_update(&self.working),
         };
@@ -792,12 +805,14 @@ impl Client {
         }
     }
 
-    /// When all that changed since the last apply is endpoints (assignments,
-    /// or clusters whose settings stay) of clusters the applied snapshot
-    /// holds: that snapshot with those clusters decoded again, which the
-    /// proxy applies by swapping their endpoint sets alone. `None` for any
-    /// other change, which is decoded whole.
-    fn endpoint_update(&self) -> Option<Result<Update, Vec<String>>> {
+    /// When all that changed since the last apply is clusters the applied
+    /// snapshot holds (their assignments, or the clusters themselves):
+    /// that snapshot with those clusters decoded again and checked on their
+    /// own, which the proxy applies by doing work for those clusters alone.
+    /// `None` for any other change (a listener, a route table, a cluster
+    /// added or removed, a cluster's `tls`, which other parts of the config
+    /// are checked against), which is decoded whole.
+    fn cluster_update(&self) -> Option<Result<Update, Vec<String>>> {
         let applied = self.applied.as_ref()?;
         let mut clusters = BTreeSet::new();
         let mut assignments = BTreeSet::new();
@@ -832,11 +847,12 @@ impl Client {
                 return None; // Refused whole, with its reason.
             }
             match xds::decode_cluster(c, &self.working) {
-                Ok(new) if old.same_but_endpoints(&new) => {
+                // `tls` is checked against `identity` and the listeners.
+                Ok(new) if new.tls != old.tls => return None,
+                Ok(new) => {
                     problems.extend(validate_cluster(name, &new).iter().map(ToString::to_string));
                     decoded.push((name.to_owned(), new));
                 }
-                Ok(_) => return None,
                 Err(refusals) => problems.extend(refusals.iter().map(ToString::to_string)),
             }
         }
@@ -846,7 +862,7 @@ impl Client {
         let names = decoded.iter().map(|(n, _)| n.clone()).collect();
         let mut config = applied.config.clone();
         config.clusters.extend(decoded);
-        Some(Ok(Update::Endpoints {
+        Some(Ok(Update::Clusters {
             over: applied.clone(),
             snapshot: Arc::new(self.next_snapshot(config)),
             clusters: names,
@@ -861,7 +877,7 @@ impl Client {
             Err(problems) => return Some(Outcome::Rejected(problems)),
         };
         let snapshot = match &update {
-            Update::Valid(s) | Update::Endpoints { snapshot: s, .. } => s.clone(),
+            Update::Valid(s) | Update::Clusters { snapshot: s, .. } => s.clone(),
             Update::Invalid(_) => return None,
         };
         let (delivery, outcome) = Delivery::new(update);
@@ -1163,16 +1179,16 @@ clusters:
     }
 
     #[test]
-    fn an_endpoint_change_alone_is_sent_as_an_endpoint_update() {
+    fn an_endpoint_change_alone_is_sent_as_a_cluster_update() {
         let mut c = client();
         move_endpoints(&mut c, "two", 2002);
-        let Some(Ok(Update::Endpoints {
+        let Some(Ok(Update::Clusters {
             over,
             snapshot,
             clusters,
-        })) = c.endpoint_update()
+        })) = c.cluster_update()
         else {
-            panic!("not an endpoint update");
+            panic!("not a cluster update");
         };
         assert!(Arc::ptr_eq(&over, c.applied.as_ref().unwrap()));
         assert_eq!(clusters, ["two"]);
@@ -1187,8 +1203,7 @@ clusters:
     }
 
     #[test]
-    fn other_changes_are_decoded_whole() {
-        // A cluster's settings.
+    fn a_cluster_settings_change_is_sent_as_a_cluster_update() {
         let mut c = client();
         move_endpoints(&mut c, "two", 2002);
         c.working.clusters.get_mut("one").unwrap().connect_timeout = Some(xds::duration(
@@ -1196,7 +1211,44 @@ clusters:
         ));
         c.changed
             .insert((xds::CLUSTER.to_owned(), "one".to_owned()));
-        assert!(c.endpoint_update().is_none());
+        let Some(Ok(Update::Clusters {
+            over,
+            snapshot,
+            clusters,
+        })) = c.cluster_update()
+        else {
+            panic!("not a cluster update");
+        };
+        assert_eq!(clusters, ["one", "two"]);
+        let (old, new) = (&over.config, &snapshot.config);
+        assert_eq!(
+            new.clusters["one"].connect_timeout.get(),
+            StdDuration::from_secs(2)
+        );
+        let mut back = new.clone();
+        for name in ["one", "two"] {
+            back.clusters
+                .insert(name.to_owned(), old.clusters[name].clone());
+        }
+        assert_eq!(&back, old, "nothing else changed");
+    }
+
+    #[test]
+    fn other_changes_are_decoded_whole() {
+        // A cluster's `tls`: checked against `identity` and the listeners.
+        let mut c = client();
+        let with_tls = SERVICES.replace(
+            "two: { endpoints: [\"127.0.0.1:2001\"] }",
+            "two: { endpoints: [\"127.0.0.1:2001\"], tls: { server_identity: \"spiffe://td/two\" } }\nidentity: { cert: c.pem, key: k.pem, trust_bundle: ca.pem }",
+        );
+        let res = xds::encode(&crate::load_str(&with_tls, "tls.yaml").unwrap());
+        assert!(res.clusters["two"].transport_socket.is_some());
+        c.working
+            .clusters
+            .insert("two".to_owned(), res.clusters["two"].clone());
+        c.changed
+            .insert((xds::CLUSTER.to_owned(), "two".to_owned()));
+        assert!(c.cluster_update().is_none());
         // A route table.
         let mut c = client();
         move_endpoints(&mut c, "two", 2002);
@@ -1207,7 +1259,7 @@ clusters:
             .virtual_hosts
             .pop();
         c.changed.insert((xds::ROUTE.to_owned(), "main".to_owned()));
-        assert!(c.endpoint_update().is_none());
+        assert!(c.cluster_update().is_none());
         // A new cluster.
         let mut c = client();
         let mut three = c.working.clusters["two"].clone();
@@ -1215,18 +1267,18 @@ clusters:
         c.working.clusters.insert("three".to_owned(), three);
         c.changed
             .insert((xds::CLUSTER.to_owned(), "three".to_owned()));
-        assert!(c.endpoint_update().is_none());
+        assert!(c.cluster_update().is_none());
         // Nothing changed that runs: listed, but the same.
         let mut c = client();
         c.changed.insert((xds::ROUTE.to_owned(), "main".to_owned()));
-        assert!(c.endpoint_update().is_none());
+        assert!(c.cluster_update().is_none());
     }
 
     #[test]
     fn a_bad_endpoint_is_refused_naming_its_cluster() {
         let mut c = client();
         move_endpoints(&mut c, "one", 0);
-        let Some(Err(problems)) = c.endpoint_update() else {
+        let Some(Err(problems)) = c.cluster_update() else {
             panic!("a port 0 endpoint was taken");
         };
         assert!(problems.iter().any(|p| p.contains("one")), "{problems:?}");

@@ -18,6 +18,7 @@
 //! tried only up to the best position found so far.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Request;
 
@@ -29,7 +30,18 @@ type Positions = Vec<u32>;
 /// A route table: `R` is what a match hands back (the compiled route).
 #[derive(Debug)]
 pub struct Table<R> {
-    routes: Vec<(Matcher, R)>,
+    /// The routes' conditions and the index over them, shared by the
+    /// tables [`Table::with_targets`] makes: a change to what routes send
+    /// to (a cluster's settings) leaves them as they are.
+    index: Arc<Index>,
+    /// What each route hands back, by position.
+    targets: Vec<R>,
+}
+
+/// The conditions of a table's routes, in order, and the index over them.
+#[derive(Debug)]
+struct Index {
+    matchers: Vec<Matcher>,
     exact_hosts: HashMap<Box<str>, Group>,
     suffixes: HashMap<Box<str>, Group>,
     /// The lengths of the keys of `suffixes`, shortest first: a host is
@@ -129,20 +141,14 @@ impl Group {
 
     /// Lowers `best` to the first route of this group that matches, if it
     /// comes before `best`.
-    fn first<R, B>(
-        &self,
-        routes: &[(Matcher, R)],
-        req: &Request<B>,
-        host: Option<&str>,
-        best: &mut u32,
-    ) {
+    fn first<B>(&self, matchers: &[Matcher], req: &Request<B>, host: Option<&str>, best: &mut u32) {
         let path = req.uri().path();
         let mut try_list = |list: &[u32]| {
             for &at in list {
                 if at >= *best {
                     return;
                 }
-                if routes[at as usize].0.matches_with(req, host) {
+                if matchers[at as usize].matches_with(req, host) {
                     *best = at;
                     return;
                 }
@@ -169,7 +175,8 @@ impl<R> Table<R> {
         let mut exact_hosts: HashMap<Box<str>, Group> = HashMap::new();
         let mut suffixes: HashMap<Box<str>, Group> = HashMap::new();
         let mut any_host = Group::default();
-        for (position, (matcher, _)) in routes.iter().enumerate() {
+        let (matchers, targets): (Vec<Matcher>, Vec<R>) = routes.into_iter().unzip();
+        for (position, matcher) in matchers.iter().enumerate() {
             let position = u32::try_from(position).unwrap_or(u32::MAX);
             let group = match matcher.host_key() {
                 HostKey::Any => &mut any_host,
@@ -186,24 +193,52 @@ impl<R> Table<R> {
         suffix_lengths.sort_unstable();
         suffix_lengths.dedup();
         Self {
-            routes,
-            exact_hosts,
-            suffixes,
-            suffix_lengths,
-            any_host,
+            index: Arc::new(Index {
+                matchers,
+                exact_hosts,
+                suffixes,
+                suffix_lengths,
+                any_host,
+            }),
+            targets,
         }
+    }
+
+    /// This table with the same routes (conditions and index shared, not
+    /// built again) and each target `f` gives: `f` sees each position and
+    /// its target, and answers a new target or `None` to keep it. Costs a
+    /// pass over the targets, whatever the size of the index.
+    pub fn with_targets<E>(
+        &self,
+        mut f: impl FnMut(usize, &R) -> Result<Option<R>, E>,
+    ) -> Result<Self, E>
+    where
+        R: Clone,
+    {
+        let targets = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(at, r)| Ok(f(at, r)?.unwrap_or_else(|| r.clone())))
+            .collect::<Result<_, E>>()?;
+        Ok(Self {
+            index: self.index.clone(),
+            targets,
+        })
     }
 
     /// The first route that matches `req`.
     pub fn route<B>(&self, req: &Request<B>) -> Option<&R> {
         let host = lowercase_host(req);
         let host = host.as_deref();
+        let ix = &*self.index;
+        let m = &ix.matchers;
         let mut best = u32::MAX;
         if let Some(h) = host {
-            if let Some(g) = self.exact_hosts.get(h) {
-                g.first(&self.routes, req, host, &mut best);
+            if let Some(g) = ix.exact_hosts.get(h) {
+                g.first(m, req, host, &mut best);
             }
-            for &len in &self.suffix_lengths {
+            for &len in &ix.suffix_lengths {
                 // `*.svc` matches `a.svc`, not `.svc`: the host is longer.
                 if len >= h.len() {
                     break;
@@ -211,23 +246,26 @@ impl<R> Table<R> {
                 let Some(suffix) = h.get(h.len() - len..) else {
                     continue;
                 };
-                if let Some(g) = self.suffixes.get(suffix) {
-                    g.first(&self.routes, req, host, &mut best);
+                if let Some(g) = ix.suffixes.get(suffix) {
+                    g.first(m, req, host, &mut best);
                 }
             }
         }
-        self.any_host.first(&self.routes, req, host, &mut best);
-        self.routes.get(best as usize).map(|(_, r)| r)
+        ix.any_host.first(m, req, host, &mut best);
+        self.targets.get(best as usize)
     }
 
     /// The route at `position`, with its conditions.
     pub fn get(&self, position: usize) -> Option<(&Matcher, &R)> {
-        self.routes.get(position).map(|(m, r)| (m, r))
+        Some((
+            self.index.matchers.get(position)?,
+            self.targets.get(position)?,
+        ))
     }
 
     /// The routes, in order.
     pub fn iter(&self) -> impl Iterator<Item = &R> {
-        self.routes.iter().map(|(_, r)| r)
+        self.targets.iter()
     }
 }
 
@@ -304,6 +342,26 @@ mod tests {
     /// What the plain ordered scan gives: the definition the table must keep.
     fn scan(routes: &[R<'_>], r: &Request<()>) -> Option<usize> {
         routes.iter().position(|route| matcher(route).matches(r))
+    }
+
+    /// New targets over the same conditions: routing picks the same
+    /// positions, and hands back what `with_targets` put there.
+    #[test]
+    fn with_targets_keeps_the_conditions_and_swaps_what_is_handed_back() {
+        let routes = [host("a.example"), host("*.example"), any()];
+        let t = table(&routes);
+        let swapped = t
+            .with_targets(|at, &r| Ok::<_, ()>((at == 1).then_some(r + 10)))
+            .unwrap();
+        assert!(Arc::ptr_eq(&t.index, &swapped.index), "the index is shared");
+        for (host, want) in [("a.example", 0), ("b.example", 11), ("other", 2)] {
+            let r = req(Some(host), "GET", "/", None);
+            assert_eq!(swapped.route(&r), Some(&want), "{host}");
+        }
+        assert_eq!(
+            t.with_targets(|_, _| Err::<Option<usize>, _>("no")).err(),
+            Some("no")
+        );
     }
 
     /// First match across groups: the table answers exactly what trying

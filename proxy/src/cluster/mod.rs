@@ -319,6 +319,9 @@ pub struct Plan {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// Each cluster's state to be, and its health check, by name.
     states: HashMap<Arc<str>, Planned>,
+    /// Made by [`Clusters::plan_only`]: the clusters given new state; the
+    /// others keep what they run, and the running set stays as it is.
+    only: Option<Vec<Arc<str>>>,
 }
 
 struct Planned {
@@ -348,6 +351,7 @@ impl Clusters {
         let mut plan = Plan {
             clusters: HashMap::with_capacity(config.clusters.len()),
             states: HashMap::with_capacity(config.clusters.len()),
+            only: None,
         };
         for (name, c) in &config.clusters {
             let old = running.get(name.as_str()).cloned();
@@ -384,12 +388,66 @@ impl Clusters {
         plan
     }
 
+    /// A plan in which the running clusters `names`, as `config` has them
+    /// now, get new settings and endpoints, and every other cluster keeps
+    /// the state it runs: for a control feed's change to a few clusters
+    /// (`Update::Clusters`), work for those clusters and not for each of
+    /// ten thousand. `None` when one of `names` does not run or is not in
+    /// `config`: that change needs [`Clusters::plan`].
+    pub fn plan_only(
+        &self,
+        config: &skiff_control::Config,
+        names: &[&str],
+        metrics: &Arc<Metrics>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Option<Plan> {
+        let running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states: HashMap<Arc<str>, Planned> = running
+            .iter()
+            .map(|(name, cluster)| {
+                let planned = Planned {
+                    cluster: cluster.clone(),
+                    state: cluster.state(),
+                    probe: None,
+                };
+                (name.clone(), planned)
+            })
+            .collect();
+        let mut only = Vec::with_capacity(names.len());
+        for &name in names {
+            let cluster = running.get(name)?.clone();
+            let c = config.clusters.get(name)?;
+            let old = cluster.state();
+            let settings = Arc::new(settings(name, c, metrics, identity, Some(&old)));
+            let set = settings.endpoint_set(&self.registry, Some(&old), &c.endpoints);
+            only.push(cluster.name.clone());
+            states.insert(
+                cluster.name.clone(),
+                Planned {
+                    cluster,
+                    state: Arc::new(ClusterState { settings, set }),
+                    probe: c.health_check.clone(),
+                },
+            );
+        }
+        Some(Plan {
+            clusters: running.clone(),
+            states,
+            only: Some(only),
+        })
+    }
+
     /// Makes `plan` the running clusters: swaps each one's state, forgets
     /// the clusters the config no longer names (they go when the last
     /// route holding them does), and keeps each health probe whose config
-    /// is unchanged, so a push does not set off a round of probes.
+    /// is unchanged, so a push does not set off a round of probes. A plan
+    /// of [`Clusters::plan_only`] touches its own clusters alone.
     pub fn commit(&self, plan: Plan) {
-        for Planned { cluster, state, .. } in plan.states.values() {
+        let touched: Vec<&Planned> = match &plan.only {
+            Some(names) => names.iter().filter_map(|n| plan.states.get(n)).collect(),
+            None => plan.states.values().collect(),
+        };
+        for Planned { cluster, state, .. } in touched.iter().copied() {
             if !Arc::ptr_eq(&cluster.state.load(), state) {
                 cluster.state.store(state.clone());
             }
@@ -398,7 +456,7 @@ impl Clusters {
             cluster,
             probe: wanted,
             ..
-        } in plan.states.values()
+        } in touched
         {
             let mut probe = cluster.probe.lock().unwrap_or_else(|p| p.into_inner());
             let protocol = cluster.protocol();
@@ -426,6 +484,9 @@ impl Clusters {
                     }
                 }
             }
+        }
+        if plan.only.is_some() {
+            return; // The same clusters run.
         }
         let mut running = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         for gone in running.keys().filter(|n| !plan.clusters.contains_key(*n)) {
