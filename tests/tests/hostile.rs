@@ -815,6 +815,192 @@ async fn h2_continuation_flood_is_cut_off() {
     app.join().await;
 }
 
+// === Smuggling, checked at the upstream's bytes ===
+
+/// What a raw upstream received: every byte, as read.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A raw upstream that records every byte it receives, answers a small 200
+/// (and closes) once something arrives, and reads on until the proxy closes:
+/// the test then reads exactly what the proxy sent upstream.
+async fn recorder() -> (Listening, Seen) {
+    let seen = Seen::default();
+    let record = seen.clone();
+    let upstream = TcpServer::spawn(move |mut stream: TcpStream| {
+        let record = record.clone();
+        async move {
+            let mut buf = [0u8; 16 * 1024];
+            let mut answered = false;
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                record.lock().unwrap().extend_from_slice(&buf[..n]);
+                if !answered {
+                    answered = true;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            }
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+/// TE.TE: a `Transfer-Encoding` dressed so that one parser might take it
+/// for chunked and another not (PortSwigger's list, the ones that still
+/// parse as HTTP). Each is refused before routing (400 from the parser, 501
+/// `bad-request` for a coding Skiff does not know) and the upstream gets
+/// not one byte: neither the request nor what hides in its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obfuscated_transfer_encodings_are_refused_and_nothing_reaches_the_upstream() {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, &str); 8] = [
+        ("xchunked", "Transfer-Encoding: xchunked"),
+        (
+            "chunked then x",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: x",
+        ),
+        (
+            "x then chunked, CL",
+            "Content-Length: 4\r\nTransfer-Encoding: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        ),
+        ("space before colon", "Transfer-Encoding : chunked"),
+        ("chunked, identity", "Transfer-Encoding: chunked, identity"),
+        ("folded", "Transfer-Encoding:\r\n chunked"),
+        ("leading space line", "X: y\r\n Transfer-Encoding: chunked"),
+        ("quoted", "Transfer-Encoding: \"chunked\""),
+    ];
+    let (upstream, seen) = recorder().await;
+    let (proxy, _good) = start("auto", upstream.addr(), ", protocol: http1").await;
+    for (case, framing) in cases {
+        let request = format!(
+            "POST /te HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n3\r\nabc\r\n0\r\n\r\n{smuggled}"
+        );
+        let response = exchange(proxy.main(), request.as_bytes()).await;
+        let status = status_of(&response);
+        assert!(matches!(status, Some(400 | 501)), "{case}: {response:?}");
+        assert_eq!(responses_in(&response), 1, "{case}: {response:?}");
+        assert_serves(&proxy, ClientProtocol::Http1, case).await;
+    }
+    let got = seen.lock().unwrap().clone();
+    assert!(
+        got.is_empty(),
+        "the upstream got: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // The recorder does see what is forwarded: a plain chunked POST.
+    let fine = "POST /fine HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let response = exchange(proxy.main(), fine.as_bytes()).await;
+    assert_eq!(status_of(&response), Some(200), "{response:?}");
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(got.starts_with("POST /fine HTTP/1.1\r\n"), "{got:?}");
+    upstream.join().await;
+}
+
+/// HTTP/2 to an HTTP/1 upstream, with a body longer than its
+/// `content-length` and a request hidden in the excess: h2 refuses the
+/// stream (RFC 9113 §8.1.1) and the upstream never sees a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_to_h1_with_a_content_length_mismatch_smuggles_nothing() {
+    let (upstream, seen) = recorder().await;
+    let (proxy, _good) = start("auto", upstream.addr(), ", protocol: http1").await;
+    let mut conn = RawH2::open(proxy.main()).await;
+    let mut head = vec![
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/downgrade"),
+        (":authority", "skiff.test"),
+        ("content-length", "3"),
+    ];
+    let mut bytes = frame(HEADERS, END_HEADERS, 1, &hpack(&head));
+    bytes.extend(frame(
+        DATA,
+        END_STREAM,
+        1,
+        b"abcGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ));
+    conn.send(&bytes).await;
+    let answer = conn
+        .until(|f| f.stream == 1 && (f.kind == RST_STREAM || f.kind == HEADERS) || f.kind == GOAWAY)
+        .await
+        .expect("an answer to the stream");
+    assert_ne!(
+        answer.kind, HEADERS,
+        "the stream must not be answered: {answer:?}"
+    );
+    assert_eq!(answer.code(), PROTOCOL_ERROR, "{answer:?}");
+    // A body shorter than its content-length is refused the same way.
+    head[4] = ("content-length", "30");
+    let mut short = frame(HEADERS, END_HEADERS, 3, &hpack(&head));
+    short.extend(frame(DATA, END_STREAM, 3, b"abc"));
+    conn.send(&short).await;
+    let answer = conn
+        .until(|f| f.stream == 3 && (f.kind == RST_STREAM || f.kind == HEADERS) || f.kind == GOAWAY)
+        .await
+        .expect("an answer to the stream");
+    assert_ne!(
+        answer.kind, HEADERS,
+        "the stream must not be answered: {answer:?}"
+    );
+    assert_serves(&proxy, ClientProtocol::H2c, "after the mismatches").await;
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(!got.contains("smuggled"), "the upstream got: {got:?}");
+    assert!(got.matches(" HTTP/1.1\r\n").count() <= 2, "{got:?}");
+    upstream.join().await;
+}
+
+/// CR or LF in an HTTP/2 header value would split it into two HTTP/1
+/// header lines (or a second request) on the way upstream: h2 refuses the
+/// field (RFC 9113 §8.2.1) and the upstream gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_header_values_with_cr_or_lf_never_reach_an_http1_upstream() {
+    let (upstream, seen) = recorder().await;
+    let (proxy, _good) = start("auto", upstream.addr(), ", protocol: http1").await;
+    for (stream, value) in [
+        (1, "a\r\nx-injected: 1"),
+        (3, "a\nx-injected: 1"),
+        (5, "a\rx-injected: 1"),
+        (7, "a\r\n\r\nGET /smuggled HTTP/1.1"),
+    ] {
+        let mut conn = RawH2::open(proxy.main()).await;
+        conn.send(&get(
+            stream,
+            "/crlf",
+            &[("x-a", value)],
+            END_STREAM | END_HEADERS,
+        ))
+        .await;
+        let answer = conn
+            .until(|f| f.kind == GOAWAY || f.kind == RST_STREAM || f.kind == HEADERS)
+            .await
+            .unwrap_or_else(|| panic!("{value:?}: closed without a word"));
+        assert_ne!(answer.kind, HEADERS, "{value:?}: answered: {answer:?}");
+        assert_eq!(answer.code(), PROTOCOL_ERROR, "{value:?}: {answer:?}");
+    }
+    assert_serves(&proxy, ClientProtocol::H2c, "after the CR/LF values").await;
+    let got = seen.lock().unwrap().clone();
+    assert!(
+        got.is_empty(),
+        "the upstream got: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // The same request with a clean value does reach the recorder.
+    let mut conn = RawH2::open(proxy.main()).await;
+    conn.send(&get(1, "/crlf", &[("x-a", "a")], END_STREAM | END_HEADERS))
+        .await;
+    let answer = conn.until(|f| f.stream == 1).await.unwrap();
+    assert_eq!(answer.kind, HEADERS, "{answer:?}");
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(got.starts_with("GET /crlf HTTP/1.1\r\n"), "{got:?}");
+    assert!(got.contains("x-a: a\r\n"), "{got:?}");
+    upstream.join().await;
+}
+
 // === gRPC ===
 
 const DATA: u8 = 0x0;
