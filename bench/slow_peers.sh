@@ -30,7 +30,7 @@ SKIFF_BIN=${SKIFF_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff}
 TMP=$(mktemp -d /tmp/skiff-slow.XXXXXX)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -79,13 +79,16 @@ wait_port "$SLOW"
 "$SKIFF_BIN" run -c "$TMP/skiff.yaml" --log-level warn &
 SKIFF=$!
 PIDS+=($SKIFF)
+ready=0
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$ADMIN/ready" >/dev/null && break
+    curl -sf "http://127.0.0.1:$ADMIN/ready" >/dev/null && ready=1 && break
     sleep 0.1
 done
+((ready)) || { echo "skiff did not become ready" >&2; exit 1; }
 
-mem() { awk '/^VmRSS:/ {r=$2} END {printf "%d", r}' "/proc/$SKIFF/status"; }
-pss() { awk '/^Pss:/ {print $2}' "/proc/$SKIFF/smaps_rollup"; }
+# Skiff's memory now, in KiB; 0 once it is gone (reported, not fatal).
+mem() { awk '/^VmRSS:/ {r=$2} END {printf "%d", r}' "/proc/$SKIFF/status" 2>/dev/null || echo 0; }
+pss() { awk '/^Pss:/ {p=$2} END {printf "%d", p}' "/proc/$SKIFF/smaps_rollup" 2>/dev/null || echo 0; }
 log "skiff $("$SKIFF_BIN" --version 2>/dev/null || echo) pid $SKIFF; $BYTES bytes each way at $RATE/s"
 START_RSS=$(mem) START_PSS=$(pss)
 MAX_RSS=$START_RSS MAX_PSS=$START_PSS
@@ -94,9 +97,11 @@ T0=$(date +%s)
 curl -s --limit-rate "$RATE" -o /dev/null -w '%{http_code} %{size_download}\n' \
     "http://127.0.0.1:$LISTEN/big" >"$TMP/download.out" &
 DOWN=$!
+PIDS+=($DOWN)
 curl -s -T "$TMP/files/big" -o "$TMP/upload.body" -w '%{http_code} %{size_upload}\n' \
     "http://127.0.0.1:$LISTEN/upload" >"$TMP/upload.out" &
 UP=$!
+PIDS+=($UP)
 printf '%8s %10s %10s\n' "seconds" "RSS KiB" "Pss KiB"
 while kill -0 "$DOWN" 2>/dev/null || kill -0 "$UP" 2>/dev/null; do
     sleep "$SAMPLE"

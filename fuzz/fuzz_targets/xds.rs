@@ -1,7 +1,8 @@
 //! The control feed's resource mapping: any sequence of resources (each of
 //! one of the four types, its protobuf bytes from the input) is either
-//! refused with reasons or decoded into a config that validates; never a
-//! panic. This is what a hostile or broken control plane can send.
+//! refused with reasons or decoded, and what is decoded goes through the
+//! checks every config goes through (whatever they find); never a panic.
+//! This is what a hostile or broken control plane can send.
 #![no_main]
 
 use envoy_types::pb::google::protobuf::Any;

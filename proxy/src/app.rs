@@ -138,7 +138,13 @@ impl Shared {
             if Arc::ptr_eq(&current.snapshot, over)
                 && let Some(next) = self.patch(&current, &snapshot, clusters)
             {
-                let (runtime, plan, swaps) = next?;
+                let (runtime, plan, swaps) = match next {
+                    Ok(next) => next,
+                    Err(e) => {
+                        self.metrics.config_update(source, "rejected");
+                        return Err(e);
+                    }
+                };
                 for (cluster, endpoints) in swaps {
                     cluster.set_endpoints(&self.clusters.registry, &endpoints);
                 }

@@ -17,6 +17,7 @@
 //! timeout, while every other listener keeps serving.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +60,7 @@ pub struct ListenerState {
     /// protocol detected (see [`transparent`]).
     pub transparent: Option<Transparent>,
     /// `max_connections`: past it, a new connection is closed as accepted.
-    pub max_connections: Option<i64>,
+    pub max_connections: Option<usize>,
     /// The process's budgets (`overload:`): past them, requests get 503.
     pub overload: Arc<Overload>,
 }
@@ -102,10 +103,10 @@ impl ListenerState {
                 servers: Arc::new(protocol::servers(
                     p,
                     l,
-                    panics::Executor(panics::Context {
+                    panics::Executor(Arc::new(panics::Context {
                         listener: name.clone(),
                         metrics: shared.metrics.clone(),
-                    }),
+                    })),
                 )),
                 handler: Handler {
                     shared: shared.clone(),
@@ -119,7 +120,8 @@ impl ListenerState {
                     peer: None,
                     xfcc: None,
                     dst: None,
-                    shed: false,
+                    hold: None,
+                    go_away: None,
                 },
             },
         };
@@ -129,7 +131,7 @@ impl ListenerState {
             serve,
             tls,
             transparent,
-            max_connections: l.max_connections.map(i64::from),
+            max_connections: l.max_connections.map(|n| n as usize),
             overload: shared.overload.clone(),
         })
     }
@@ -450,6 +452,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut drain: Watch,
 ) {
+    // Connections open on this socket, whatever the listener is called now.
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -468,16 +472,21 @@ pub async fn run(
         let current = state.load_full();
         debug!(listener = %current.name, %peer, "accepted");
         let guard = metrics.connection_opened(&current.name);
+        let socket = SocketSlot::take(&open);
         // Past the listener's own limit: closed as accepted (Envoy's
         // per-listener limit does the same); the client may try another.
         if let Some(max) = current.max_connections
-            && guard.active() > max
+            && socket.open > max
         {
             metrics.refused(&current.name, "max-connections");
             debug!(listener = %current.name, %peer, max, "listener at max_connections: closed");
             continue;
         }
-        let ticket = current.overload.connection();
+        let hold = Arc::new(Hold {
+            ticket: current.overload.connection(),
+            _socket: socket,
+            _guard: guard,
+        });
         // Small writes (headers, gRPC frames) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let watch = drain.clone();
@@ -485,23 +494,22 @@ pub async fn run(
             listener: current.name.clone(),
             metrics: metrics.clone(),
         };
-        let shed = ticket.shed();
-        let hold = (guard, ticket);
         if current.transparent.is_some() {
-            spawn_contained(cx, peer, hold, transparent(stream, current, watch, shed));
+            let task = transparent(stream, current, watch, hold.clone());
+            spawn_contained(cx, peer, hold, task);
             continue;
         }
         match (&current.serve, current.tls.clone()) {
             (Serve::Http { servers, handler }, None) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());
-                handler.shed = shed;
+                handler.hold(&hold);
                 spawn_contained(cx, peer, hold, async move {
                     server::serve_connection(stream, servers, handler, watch).await;
                 });
             }
             (Serve::Http { servers, handler }, Some(tls)) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());
-                handler.shed = shed;
+                handler.hold(&hold);
                 spawn_contained(cx, peer, hold, async move {
                     if let Some(Accepted { io, peer }) = tls.accept(stream).await {
                         handler.set_peer(peer);
@@ -510,7 +518,7 @@ pub async fn run(
                 });
             }
             // A byte relay has no way to say "overloaded": closed.
-            (Serve::Tcp { .. }, _) if shed => {
+            (Serve::Tcp { .. }, _) if hold.shed() => {
                 metrics.refused(&current.name, "overloaded");
                 debug!(listener = %current.name, %peer, "overloaded: TCP connection closed");
             }
@@ -532,13 +540,56 @@ pub async fn run(
     debug!(listener = %state.load().name, "stopped accepting");
 }
 
-/// Runs one connection's task, [`panics::contained`]; `hold` (its place in
-/// `skiff_connections_active` and the overload budget) is given back when
-/// the task ends, panicked or not.
+/// One accepted connection's place in what is counted and limited: the
+/// overload budget, its socket's `max_connections`, and
+/// `skiff_connections_active`. Given back, in that order, when the last
+/// holder lets go: the connection's task, or a tunnel (a WebSocket, say)
+/// that outlives the HTTP exchange that opened it.
+#[derive(Debug)]
+pub struct Hold {
+    ticket: Ticket,
+    /// Held for what its drop gives back, as is `_guard`.
+    _socket: SocketSlot,
+    _guard: ConnectionGuard,
+}
+
+impl Hold {
+    /// The connection came past `overload.max_connections`.
+    pub fn shed(&self) -> bool {
+        self.ticket.shed()
+    }
+}
+
+/// A connection's place in its socket's count of open connections.
+#[derive(Debug)]
+struct SocketSlot {
+    count: Arc<AtomicUsize>,
+    /// Connections open on the socket when this one came, itself included.
+    open: usize,
+}
+
+impl SocketSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        let open = count.fetch_add(1, Ordering::Relaxed) + 1;
+        Self {
+            count: count.clone(),
+            open,
+        }
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one connection's task, [`panics::contained`]; `hold` is given back
+/// when the task ends, panicked or not (unless a tunnel still holds it).
 fn spawn_contained(
     cx: panics::Context,
     peer: SocketAddr,
-    hold: (ConnectionGuard, Ticket),
+    hold: Arc<Hold>,
     task: impl Future<Output = ()> + Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -643,23 +694,33 @@ async fn transparent(
     stream: tokio::net::TcpStream,
     state: Arc<ListenerState>,
     watch: Watch,
-    shed: bool,
+    hold: Arc<Hold>,
 ) {
     let Some(t) = &state.transparent else {
         return;
     };
     let dst = original_destination(&stream);
+    // What is relayed as bytes cannot be told "overloaded": closed instead.
+    let shed = hold.shed();
+    let refuse = || {
+        t.shared.metrics.refused(&state.name, "overloaded");
+        debug!(listener = %state.name, "overloaded: relayed connection closed");
+    };
     let mut first = [0u8; 1];
     match tokio::time::timeout(t.detect_timeout, stream.peek(&mut first)).await {
         Ok(Ok(0) | Err(_)) => return, // Closed before a byte.
+        Err(_) if shed => return refuse(),
         Err(_) => return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await,
         Ok(Ok(_)) => {}
     }
     let Serve::Http { servers, handler } = &state.serve else {
+        if shed {
+            return refuse();
+        }
         return relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await;
     };
     let mut handler = handler.clone();
-    handler.shed = shed;
+    handler.hold(&hold);
     // Only a redirected connection has a destination: one made to the
     // listener itself has none (falling back to the listener's own address
     // would send a passthrough cluster back here, in a loop).
@@ -680,11 +741,13 @@ async fn transparent(
                     server::serve_connection(io, servers.clone(), handler, watch).await;
                 }
             }
+            None if shed => refuse(),
             None => relay_to(stream, t.cluster.as_deref(), dst, &t.shared, watch).await,
         }
         return;
     }
     match protocol::sniff(stream, t.header_timeout).await {
+        Ok((protocol::Spoken::Garbage, _)) if shed => refuse(),
         Ok((protocol::Spoken::Garbage, io)) => {
             relay_to(io, t.cluster.as_deref(), dst, &t.shared, watch).await
         }

@@ -43,6 +43,10 @@ pub struct Overload {
     max_memory: AtomicU64,
     connections: AtomicUsize,
     memory_over: AtomicBool,
+    /// One sample at a time: [`watch`]'s and the one a new budget takes
+    /// must not cross (a stale reading would undo a budget just set).
+    /// Never taken on the data path.
+    sampling: std::sync::Mutex<()>,
 }
 
 impl Overload {
@@ -52,6 +56,7 @@ impl Overload {
             max_memory: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             memory_over: AtomicBool::new(false),
+            sampling: std::sync::Mutex::new(()),
         });
         o.set_budget(budget);
         o
@@ -65,7 +70,12 @@ impl Overload {
         let bytes = budget
             .max_memory_mib
             .map_or(0, |mib| u64::from(mib) * 1024 * 1024);
-        self.max_memory.store(bytes, Ordering::Relaxed);
+        {
+            // Stored under the sampling lock: a sample under way finishes
+            // on the old budget before this one is taken and sampled.
+            let _one = self.sampling.lock().unwrap_or_else(|p| p.into_inner());
+            self.max_memory.store(bytes, Ordering::Relaxed);
+        }
         self.sample();
     }
 
@@ -92,6 +102,7 @@ impl Overload {
     /// Compares resident memory with the budget, and flips shedding on or
     /// off across the two thresholds.
     fn sample(&self) {
+        let _one = self.sampling.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self.max_memory.load(Ordering::Relaxed);
         if budget == 0 {
             if self.memory_over.swap(false, Ordering::Relaxed) {

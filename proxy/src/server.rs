@@ -18,10 +18,13 @@ use skiff_filters::error::{self, Reason};
 use skiff_filters::telemetry::{AccessFields, CloseHook, Recorder, RequestContext};
 use skiff_filters::{Body, classify, headers};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::app::Shared;
+use crate::listener::Hold;
+use crate::panics;
 use crate::protocol::{self, HeadLimits, Servers, Spoken};
 use crate::shutdown::Watch;
 
@@ -54,12 +57,28 @@ pub struct Handler {
     /// Where the connection was originally going (a transparent listener):
     /// set on each request for `match.port` and passthrough clusters.
     pub dst: Option<std::net::SocketAddr>,
-    /// The connection came past `overload.max_connections`: each request on
-    /// it is answered 503 `overloaded`, and an HTTP/1 connection closes.
-    pub shed: bool,
+    /// The connection's place in the counts and limits (`listener::Hold`),
+    /// set per connection: a tunnel it opens keeps it. Past
+    /// `overload.max_connections`, each request on the connection is
+    /// answered 503 `overloaded`; HTTP/1 closes after it, HTTP/2 is sent
+    /// GOAWAY with it (`go_away`).
+    pub hold: Option<Arc<Hold>>,
+    /// Set on a shed HTTP/2 connection: notified with its first answer, so
+    /// that the connection is sent GOAWAY.
+    pub go_away: Option<Arc<Notify>>,
 }
 
 impl Handler {
+    /// This connection's place in the counts and limits.
+    pub fn hold(&mut self, hold: &Arc<Hold>) {
+        self.hold = Some(hold.clone());
+    }
+
+    /// Whether the connection came past the process's connection budget.
+    fn shed(&self) -> bool {
+        self.hold.as_ref().is_some_and(|h| h.shed())
+    }
+
     /// The connection's verified identity, and its `x-forwarded-client-cert`.
     pub fn set_peer(&mut self, peer: Option<PeerIdentity>) {
         self.xfcc = peer
@@ -93,7 +112,7 @@ impl Handler {
         }
         let grpc = classify::is_grpc(req.headers());
         // The head is checked as the client sent it, before Skiff adds to it.
-        let admitted = if self.shed || self.shared.overload.memory_over() {
+        let admitted = if self.shed() || self.shared.overload.memory_over() {
             Err(Refusal {
                 reason: Reason::Overloaded,
                 counted_as: "overloaded",
@@ -125,10 +144,13 @@ impl Handler {
                 refusal.message,
             );
             let mut rsp = error::reply(refusal.reason, refusal.message, grpc);
-            if self.shed && req.version() <= Version::HTTP_11 {
+            if self.shed() && req.version() <= Version::HTTP_11 {
                 // hyper closes the connection after this answer.
                 rsp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if let Some(go_away) = &self.go_away {
+                go_away.notify_one();
             }
             return finish(stamp(rsp, &request_id), rec);
         }
@@ -218,7 +240,17 @@ impl Handler {
             && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(tunnel(downstream, upstream, Watch::clone(drain)));
+            // The tunnel outlives this exchange and its connection's task:
+            // it keeps the connection counted, and its own panics contained.
+            let cx = panics::Context {
+                listener: self.listener.name.clone(),
+                metrics: self.shared.metrics.clone(),
+            };
+            let (hold, drain) = (self.hold.clone(), Watch::clone(drain));
+            tokio::spawn(async move {
+                panics::contained(&cx, None, tunnel(downstream, upstream, drain)).await;
+                drop(hold);
+            });
         }
         finish(stamp(rsp, &request_id), rec)
     }
@@ -511,6 +543,12 @@ where
             return;
         }
     };
+    // A shed HTTP/2 connection is sent GOAWAY once its first answer (503)
+    // is on its way: it opens no more streams here, closes, and gives its
+    // place in the budget back. (HTTP/1 closes after the answer itself.)
+    let go_away = (handler.shed() && spoken == Spoken::Http2).then(|| Arc::new(Notify::new()));
+    let mut handler = handler;
+    handler.go_away = go_away.clone();
     let for_tunnels = Arc::new(drain.clone());
     let service = service_fn(move |req| {
         let (h, d) = (handler.clone(), for_tunnels.clone());
@@ -532,6 +570,13 @@ where
                         _ = drain.terminated() => None,
                     }
                 }
+                () = told_to_go(go_away.as_deref()) => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        res = conn => Some(res),
+                        _ = drain.terminated() => None,
+                    }
+                }
             };
             match res {
                 Some(res) => log_end(res, &metrics, &listener),
@@ -546,6 +591,14 @@ where
         Spoken::Http2 => serve_until_drained!(servers.http2.serve_connection(io, service)),
         // Refused by `admit` above.
         Spoken::Garbage => {}
+    }
+}
+
+/// Resolves once `go_away` is notified; never without one.
+async fn told_to_go(go_away: Option<&Notify>) {
+    match go_away {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -749,11 +749,12 @@ async fn h2_rapid_reset_is_cut_off() {
     app.join().await;
 }
 
-/// PING and SETTINGS floods: h2 keeps one pending PING ACK and one pending
-/// SETTINGS at a time, however many arrive, so a flood costs the proxy CPU
-/// but no memory, and the connection goes on serving. Sent in chunks, each
-/// ended by a marked PING whose ACK says the chunk was read (only the
-/// newest PING is acknowledged when they pile up, so the marked one is).
+/// PING and SETTINGS floods: h2 holds at most one pending PING ACK and one
+/// pending SETTINGS, and reads the next frame only once the ACK is written,
+/// so a flood is paced by the client's own reading and queues nothing in
+/// the proxy; the connection goes on serving. (Memory is not measured here:
+/// the bound is h2's, by construction.) Sent in chunks, each ended by a
+/// marked PING whose ACK says the chunk was read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_ping_and_settings_floods_cost_no_memory_and_the_connection_serves() {
     const CHUNKS: u64 = 20;

@@ -151,6 +151,7 @@ fn fragment(path: &Path, vars: &Vars, errors: &mut Vec<ConfigError>) -> Option<F
         ("authorization", !c.authorization.is_empty()),
         ("telemetry", c.telemetry.is_some()),
         ("control", c.control.is_some()),
+        ("overload", c.overload != Default::default()),
     ];
     let before = errors.len();
     // What the xDS mapping cannot carry yet: refused here, not served
@@ -167,6 +168,19 @@ fn fragment(path: &Path, vars: &Vars, errors: &mut Vec<ConfigError>) -> Option<F
         }
     }
     for (i, l) in c.listeners.iter().enumerate() {
+        let defaults = [
+            ("max_connections", l.max_connections.is_some()),
+            ("max_concurrent_streams", l.max_concurrent_streams != 1024),
+        ];
+        for (key, _) in defaults.iter().filter(|(_, set)| *set) {
+            let path = format!("listeners[{i}].{key}");
+            errors.push(f.at(
+                &path,
+                format!(
+                    "{path}: not carried over xDS yet; put this listener in the proxy's own file"
+                ),
+            ));
+        }
         if l.transparent && l.cluster.is_some() {
             let path = format!("listeners[{i}].cluster");
             errors.push(f.at(

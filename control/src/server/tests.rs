@@ -93,6 +93,36 @@ fn the_proxys_own_settings_are_refused() {
     );
     let e = read(dir.path()).unwrap_err();
     assert!(e.contains("a.yaml:1:1: admin: not served over xDS"), "{e}");
+    // The process's budgets are its own too.
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!("overload: {{ max_connections: 10 }}\n{LISTENERS}{ROUTES}{CLUSTERS}"),
+    );
+    let e = read(dir.path()).unwrap_err();
+    assert!(
+        e.contains("a.yaml:1:1: overload: not served over xDS"),
+        "{e}"
+    );
+}
+
+/// Listener limits the xDS mapping does not carry yet are refused, never
+/// served without them.
+#[test]
+fn listener_limits_not_carried_over_xds_are_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let limited = LISTENERS.replacen("routes:", "max_connections: 5, routes:", 1);
+    assert_ne!(limited, LISTENERS, "the fixture has a listener with routes");
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!("{limited}{ROUTES}{CLUSTERS}"),
+    );
+    let e = read(dir.path()).unwrap_err();
+    assert!(
+        e.contains("listeners[0].max_connections: not carried over xDS"),
+        "{e}"
+    );
 }
 
 #[test]
