@@ -236,6 +236,10 @@ impl Handler {
                 error::respond(&*e, grpc)
             }
         };
+        // Skiff's own version, not the upstream's (RFC 9110 §6.2): an
+        // HTTP/1.0 upstream's answer must not turn a keep-alive HTTP/1.1
+        // client connection into an HTTP/1.0 one that closes.
+        *rsp.version_mut() = Version::HTTP_11;
         if let Some(downstream) = downstream_upgrade
             && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
         {

@@ -92,6 +92,37 @@ async fn every_framing_reaches_the_client_intact() {
     }
 }
 
+/// An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as Skiff's
+/// own HTTP/1.1 (RFC 9110 §6.2): the client's keep-alive connection stays
+/// open for the next request, though the upstream closes each of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_answer_goes_out_as_http11_and_keeps_the_client_connection() {
+    let old = answering(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+    let proxy = Config::to(old.addr())
+        .cluster_protocol("http1")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+    for i in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, mut rest) = integration_tests::client::read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        while rest.len() < 2 {
+            let mut chunk = [0u8; 64];
+            let n = integration_tests::guard("the body", stream.read(&mut chunk))
+                .await
+                .unwrap();
+            assert!(n > 0, "request {i}: the client's connection closed");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(&rest[..2], b"ok", "request {i}");
+    }
+    assert_eq!(old.connections(), 3, "the upstream closed each of its own");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_only_when_the_exchange_allows() {
     // A sized answer keeps the connection: three requests, one connection.
