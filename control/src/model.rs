@@ -179,6 +179,11 @@ pub struct Listener {
     /// It also bounds the TLS handshake. Above zero.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
+    /// How long an HTTP/2 connection may go without a new request before it is sent
+    /// GOAWAY (streams open then finish first). HTTP/1 keep-alive connections wait at most
+    /// `header_timeout` for their next request. Above zero.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
     /// Largest request head accepted, in KiB; a larger one gets 431 `bad-request`.
     /// Counts header names and values plus method and target; 1 to 8192, HTTP/1 and HTTP/2.
     #[serde(default = "default_max_request_headers_kb")]
@@ -222,6 +227,11 @@ pub struct Listener {
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Envoy's `idle_timeout` default for downstream connections.
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Long enough for a client that connects and then writes (HTTP, TLS: at

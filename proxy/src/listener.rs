@@ -116,6 +116,7 @@ impl ListenerState {
                         direction: l.direction,
                         header_timeout: l.header_timeout.get(),
                         limits: protocol::HeadLimits::of(l),
+                        idle_timeout: l.idle_timeout.get(),
                     }),
                     peer: None,
                     xfcc: None,

@@ -2,6 +2,7 @@
 //! through `Handler::handle`: route, the route's filter stack, the upstream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
@@ -42,6 +43,9 @@ pub struct ListenerCtx {
     pub header_timeout: Duration,
     /// `max_request_headers_kb` and `max_request_headers_count`.
     pub limits: HeadLimits,
+    /// `idle_timeout`: an HTTP/2 connection without a new request for this
+    /// long is sent GOAWAY.
+    pub idle_timeout: Duration,
 }
 
 /// Serves requests of one listener; cloned per connection (two `Arc`s,
@@ -554,7 +558,14 @@ where
     let mut handler = handler;
     handler.go_away = go_away.clone();
     let for_tunnels = Arc::new(drain.clone());
+    // HTTP/2: requests started, for the idle timeout (`went_idle`).
+    let started = (spoken == Spoken::Http2).then(|| Arc::new(AtomicU64::new(0)));
+    let counted = started.clone();
+    let idle_timeout = handler.listener.idle_timeout;
     let service = service_fn(move |req| {
+        if let Some(n) = &counted {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let (h, d) = (handler.clone(), for_tunnels.clone());
         async move { Ok::<_, std::convert::Infallible>(h.handle(req, &d).await) }
     });
@@ -574,7 +585,7 @@ where
                         _ = drain.terminated() => None,
                     }
                 }
-                () = told_to_go(go_away.as_deref()) => {
+                () = wind_down(go_away.as_deref(), started.as_deref(), idle_timeout) => {
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
                         res = conn => Some(res),
@@ -598,11 +609,35 @@ where
     }
 }
 
-/// Resolves once `go_away` is notified; never without one.
-async fn told_to_go(go_away: Option<&Notify>) {
-    match go_away {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
+/// Resolves when an HTTP/2 connection should be sent GOAWAY: once
+/// `go_away` is notified (a shed connection's first answer), or once a
+/// whole `idle` passed with no request started (`started` counts them), so
+/// between one and two `idle_timeout`s after the last. Never for HTTP/1.
+async fn wind_down(go_away: Option<&Notify>, started: Option<&AtomicU64>, idle: Duration) {
+    let told = async {
+        match go_away {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    let went_idle = async {
+        let Some(started) = started else {
+            return std::future::pending().await;
+        };
+        let mut seen = started.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = started.load(Ordering::Relaxed);
+            if now == seen {
+                debug!(?idle, "HTTP/2 connection idle: GOAWAY");
+                return;
+            }
+            seen = now;
+        }
+    };
+    tokio::select! {
+        () = told => {}
+        () = went_idle => {}
     }
 }
 

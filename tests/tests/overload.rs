@@ -207,3 +207,25 @@ async fn a_memory_budget_sheds_new_requests_and_serves_again_under_it() {
     assert_eq!(app.requests(), 1);
     app.join().await;
 }
+
+/// An HTTP/2 connection that starts no request for `idle_timeout` is sent
+/// GOAWAY and closed by the proxy, though the client keeps its end; a new
+/// connection is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
+    let app = Backend::auto().spawn().await;
+    let proxy = Config::to(app.addr())
+        .listener("idle_timeout: 100ms")
+        .start()
+        .await;
+    let mut idle = Client::h2c(proxy.main()).await;
+    assert_eq!(idle.get("/").await.status, StatusCode::OK);
+    until_metric(&proxy, r#"skiff_connections_active{listener="main"} 0"#).await;
+    assert_eq!(
+        Client::h2c(proxy.main()).await.get("/").await.status,
+        StatusCode::OK,
+        "a new connection"
+    );
+    drop(idle);
+    app.join().await;
+}

@@ -183,6 +183,7 @@ fn listener(mut l: xl::Listener, r: &mut Refusals<'_>) -> Option<model::Listener
         direction,
         protocol: model::ListenerProtocol::Auto,
         header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(3600),
         max_request_headers_kb: 60,
         max_request_headers_count: 100,
         max_connections: None,
@@ -362,6 +363,10 @@ fn connection_manager(
     if let Some(mut common) = m.common_http_protocol_options.take() {
         if let Some(n) = common.max_headers_count.take() {
             out.max_request_headers_count = n.value;
+        }
+        if let Some(t) = common.idle_timeout.take() {
+            let at = format!("{at}.common_http_protocol_options.idle_timeout");
+            out.idle_timeout = duration(Some(t), &at, r).unwrap_or(out.idle_timeout);
         }
         r.rest(&format!("{at}.common_http_protocol_options"), &common);
     }

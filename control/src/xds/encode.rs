@@ -257,6 +257,7 @@ fn connection_manager(l: &model::Listener) -> hcm::HttpConnectionManager {
         max_request_headers_kb: u32v(l.max_request_headers_kb),
         common_http_protocol_options: Some(core::HttpProtocolOptions {
             max_headers_count: u32v(l.max_request_headers_count),
+            idle_timeout: Some(duration(l.idle_timeout)),
             ..Default::default()
         }),
         // Skiff matches hosts without their port.
