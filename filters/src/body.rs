@@ -165,7 +165,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Recorded(pair) => pair.0.is_end_stream(),
-            Body::Request(b) => b.inner.as_ref().is_none_or(|b| b.is_end_stream()),
+            Body::Request(b) => b.is_end_stream(),
             Body::Replay(b) => b.is_end_stream(),
             Body::Peeked { frames, rest } => frames.is_empty() && rest.is_end_stream(),
             Body::Guarded(b, _) => b.is_end_stream(),
@@ -180,10 +180,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Recorded(pair) => pair.0.size_hint(),
-            Body::Request(b) => b
-                .inner
-                .as_ref()
-                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
+            Body::Request(b) => b.size_hint(),
             Body::Replay(b) => b.size_hint(),
             Body::Peeked { frames, rest } => {
                 let ahead: u64 = frames
@@ -232,9 +229,19 @@ impl http_body::Body for Body {
 /// it is reset as before, so a huge or endless upload costs little.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<Source>,
     /// Where bytes read are noted, for the access log (only when one is on).
     counted: Option<Arc<crate::telemetry::RequestContext>>,
+}
+
+/// Where a request body's bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// hyper's HTTP/2 server.
+    Hyper(Incoming),
+    /// Skiff's own HTTP/1 server, which reads the rest of an unread body
+    /// itself when it is dropped (so that the connection can be kept).
+    Own(BoxBody<Bytes, BoxError>),
 }
 
 impl RequestBody {
@@ -245,7 +252,27 @@ impl RequestBody {
 
     pub fn new(body: Incoming) -> Self {
         Self {
-            inner: Some(body),
+            inner: Some(Source::Hyper(body)),
+            counted: None,
+        }
+    }
+
+    /// A request without a body.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            counted: None,
+        }
+    }
+
+    /// A body read by Skiff's own HTTP/1 server.
+    pub fn own<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static,
+    {
+        use http_body_util::BodyExt;
+        Self {
+            inner: Some(Source::Own(body.map_err(BoxError::from).boxed())),
             counted: None,
         }
     }
@@ -256,12 +283,10 @@ impl RequestBody {
         self
     }
 
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match self.inner.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
+            Some(Source::Hyper(b)) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Some(Source::Own(b)) => Pin::new(b).poll_frame(cx),
             None => return Poll::Ready(None),
         };
         if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&self.counted, &polled)
@@ -270,6 +295,22 @@ impl RequestBody {
             counter.read(data.len());
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Some(Source::Hyper(b)) => b.is_end_stream(),
+            Some(Source::Own(b)) => b.is_end_stream(),
+            None => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(Source::Hyper(b)) => b.size_hint(),
+            Some(Source::Own(b)) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -281,7 +322,8 @@ impl From<Incoming> for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let Some(mut body) = self.inner.take() else {
+        // Skiff's own server drains its own bodies.
+        let Some(Source::Hyper(mut body)) = self.inner.take() else {
             return;
         };
         if body.is_end_stream() {

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod error_log;
+pub mod h1;
 pub mod health;
 pub mod k8s;
 pub mod listener;

@@ -593,10 +593,7 @@ fn spawn_contained(
     hold: Arc<Hold>,
     task: impl Future<Output = ()> + Send + 'static,
 ) {
-    tokio::spawn(async move {
-        panics::contained(&cx, Some(peer), task).await;
-        drop(hold);
-    });
+    tokio::spawn(panics::contained(cx, Some(peer), hold, task));
 }
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream

@@ -12,12 +12,12 @@
 //! `panic = "unwind"` for this.
 
 use std::any::Any;
+use std::borrow::Borrow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use skiff_filters::telemetry::Metrics;
 use tracing::error;
 
@@ -28,11 +28,19 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs `task`; a panic in it is logged with `cx` and `peer`, counted, and
-/// ends the task as if it had returned.
-pub async fn contained<F: Future<Output = ()>>(cx: &Context, peer: Option<SocketAddr>, task: F) {
-    if let Err(payload) = AssertUnwindSafe(task).catch_unwind().await {
-        caught(cx, peer, payload.as_ref());
+/// Runs `task` (its output is dropped); a panic in it is logged with `cx`
+/// and `peer`, counted, and ends the task as if it had returned. `keep` (a connection's place in the
+/// counts) is dropped the moment the task ends, panicked or not.
+pub fn contained<F, C, K>(cx: C, peer: Option<SocketAddr>, keep: K, task: F) -> Contained<F, C, K>
+where
+    F: Future,
+    C: Borrow<Context>,
+{
+    Contained {
+        fut: task,
+        cx,
+        peer,
+        keep: Some(keep),
     }
 }
 
@@ -67,27 +75,31 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Contained {
-            fut,
-            cx: self.0.clone(),
-        });
+        tokio::spawn(contained(self.0.clone(), None, (), fut));
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A stream's task with its panics caught at each poll. A struct, not
-    /// an `async` block around the task: a stream's future is large (the
-    /// whole request's state), and each `async` layer moves it once more,
-    /// which doubled the instructions of an HTTP/2 request (callgrind,
-    /// 67,987 against 141,847; docs/benchmarks.md).
-    struct Contained<F> {
+    /// A task with its panics caught at each poll. A struct, not an `async`
+    /// block around the task: each `async` layer keeps its own copy of the
+    /// task's future, which doubled the instructions of an HTTP/2 request
+    /// (callgrind, 67,987 against 141,847) and tripled the memory of an
+    /// idle connection's task (3,424 bytes against 1,088;
+    /// docs/benchmarks.md).
+    pub struct Contained<F, C, K> {
         #[pin]
         fut: F,
-        cx: Arc<Context>,
+        cx: C,
+        peer: Option<SocketAddr>,
+        keep: Option<K>,
     }
 }
 
-impl<F: Future> Future for Contained<F> {
+impl<F, C, K> Future for Contained<F, C, K>
+where
+    F: Future,
+    C: Borrow<Context>,
+{
     type Output = ();
 
     fn poll(
@@ -96,13 +108,17 @@ impl<F: Future> Future for Contained<F> {
     ) -> std::task::Poll<()> {
         let this = self.project();
         let fut = this.fut;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(task))) {
+        let polled = match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(task))) {
             Ok(polled) => polled.map(|_| ()),
             Err(payload) => {
-                caught(this.cx, None, payload.as_ref());
+                caught((*this.cx).borrow(), *this.peer, payload.as_ref());
                 std::task::Poll::Ready(())
             }
+        };
+        if polled.is_ready() {
+            this.keep.take();
         }
+        polled
     }
 }
 

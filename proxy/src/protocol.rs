@@ -1,4 +1,4 @@
-//! Which HTTP version a connection speaks, and the hyper servers for each.
+//! Which HTTP version a connection speaks, and the servers for each.
 //!
 //! Skiff reads a new connection's first bytes itself ([`sniff`]): the HTTP/2
 //! prior-knowledge preface means HTTP/2, anything else HTTP/1.x. Then the
@@ -12,9 +12,7 @@
 //!   error (RFC 9113 §3.4), answered with GOAWAY `PROTOCOL_ERROR`.
 //!
 //! Each refusal is counted in `skiff_downstream_refusals_total{reason=
-//! "wrong-protocol"}`. hyper-util's auto builder is not used: when it serves
-//! with upgrades it sniffs on its own and ignores `http1_only`/`http2_only`.
-//! Over TLS the same rules apply to the decrypted stream, and ALPN offers
+//! "wrong-protocol"}`. Over TLS the same rules apply to the decrypted stream, and ALPN offers
 //! only the listener's protocol.
 //!
 //! Before that, a listener with `tls.mode: permissive` sniffs one byte: a TLS
@@ -22,15 +20,15 @@
 //! preface does, so mTLS and plaintext share the port (see `tls::Inbound`).
 //!
 //! The sniff must end within `header_timeout`, so a client that sends nothing,
-//! or half of the h2 preface, cannot hold its connection; after it, hyper's
-//! `header_read_timeout` bounds each HTTP/1 request head.
+//! or half of the h2 preface, cannot hold its connection; after it, the
+//! same timeout bounds each HTTP/1 request head (`server::h1`).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::TokioTimer;
 use skiff_control::model::{Listener, ListenerProtocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -52,14 +50,13 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// (hyper's default, made explicit; CVE-2024-27316-style floods).
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// How far hyper and h2 parse past Skiff's own head limits, so that a head
-/// over the limit still reaches Skiff's handler and gets its 431 with
-/// `skiff-error` and a count. Past this headroom hyper refuses on its own
-/// (HTTP/1: a bare 431; HTTP/2: h2's 431 and a stream reset), which Skiff
-/// counts from the connection's error where hyper reports one
-/// (docs/filters.md, "Refusals hyper makes").
+/// How far h2 parses past Skiff's own head limits, so that a head over the
+/// limit still reaches Skiff's handler and gets its 431 with `skiff-error`
+/// and a count. Past this headroom h2 refuses on its own (its 431 and a
+/// stream reset; docs/filters.md, "Refusals hyper makes"). HTTP/1 heads are
+/// Skiff's own to parse (`server::h1`), and all its refusals are Skiff's.
 const PARSER_HEADROOM: usize = 4;
-/// The least head size hyper and h2 accept, whatever the listener's limit.
+/// The least head size h2 accepts, whatever the listener's limit.
 const MIN_PARSER_HEAD_BYTES: usize = 1024 * 1024;
 
 /// The answer to an HTTP/2 preface on an `http1` listener.
@@ -217,11 +214,11 @@ impl HeadLimits {
     }
 }
 
-/// The hyper servers of one listener, built once and shared by its connections.
+/// The servers of one listener, built once and shared by its connections:
+/// hyper's HTTP/2 server (HTTP/1 is Skiff's own, `server::h1`).
 #[derive(Debug)]
 pub struct Servers {
     pub protocol: ListenerProtocol,
-    pub http1: http1::Builder,
     pub http2: http2::Builder<Executor>,
 }
 
@@ -229,13 +226,6 @@ pub struct Servers {
 pub fn servers(protocol: ListenerProtocol, l: &Listener, exec: Executor) -> Servers {
     let limits = HeadLimits::of(l);
     let parser_bytes = (limits.bytes * PARSER_HEADROOM).max(MIN_PARSER_HEAD_BYTES);
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(l.header_timeout.get())
-        .keep_alive(true)
-        .max_buf_size(parser_bytes)
-        .max_headers(limits.count * PARSER_HEADROOM);
     let mut http2 = http2::Builder::new(exec);
     http2
         .timer(TokioTimer::new())
@@ -247,11 +237,7 @@ pub fn servers(protocol: ListenerProtocol, l: &Listener, exec: Executor) -> Serv
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_header_list_size(u32::try_from(parser_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    Servers {
-        protocol,
-        http1,
-        http2,
-    }
+    Servers { protocol, http2 }
 }
 
 // === impl Prefixed ===

@@ -123,6 +123,11 @@ impl Default for Signal {
 }
 
 impl Watch {
+    /// Whether the drain has started, the process's or the scope's.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow() || self.scope.as_ref().is_some_and(|(s, _)| *s.borrow())
+    }
+
     /// Resolves once the drain has started, the process's or the scope's.
     pub async fn draining(&mut self) {
         match &mut self.scope {

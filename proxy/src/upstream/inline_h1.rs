@@ -24,9 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use skiff_filters::Body;
 use skiff_filters::circuit_breaker::Permit;
@@ -36,14 +36,11 @@ use tokio_util::io::poll_read_buf;
 
 use super::BoxIo;
 use crate::cluster::Endpoint;
+use crate::h1::{
+    self, Framing, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, Step, connection_has,
+    connection_has_close, decode, framing, invalid,
+};
 
-/// Response header fields accepted, as hyper's client.
-const MAX_HEADERS: usize = 100;
-/// The largest response head (or trailer block) read, as hyper's client
-/// (its `max_buf_size` default).
-const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
-/// What one read asks the socket for.
-const READ_CHUNK: usize = 8192;
 /// A pooled connection's request-head buffer larger than this (after a
 /// big head) is dropped.
 const KEEP_BUFFER: usize = 4 * 1024;
@@ -249,10 +246,6 @@ struct Parsed {
     keep_alive: bool,
 }
 
-fn invalid(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
 /// Parses the response head at the start of `buf`, consuming it; `None`
 /// while it is incomplete. Header values share the head's bytes.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Parsed>> {
@@ -277,29 +270,11 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Parsed>> {
     } else {
         Version::HTTP_11
     };
-    // Where each field's name and value sit in the head, so the head is
-    // frozen once and every field shared from it without a copy.
-    let base = buf.as_ptr() as usize;
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = rsp.headers.len();
-    for (span, h) in spans.iter_mut().zip(rsp.headers.iter()) {
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        *span = (
-            at(h.name.as_bytes()),
-            at(h.name.as_bytes()) + h.name.len() as u32,
-            at(h.value),
-            at(h.value) + h.value.len() as u32,
-        );
-    }
+    h1::spans(buf.as_ptr(), rsp.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| invalid("bad response header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| invalid("bad response header value"))?;
-        headers.append(name, value);
-    }
+    let headers = h1::header_map(&head, &spans[..count])?;
     let keep_alive = match version {
         Version::HTTP_10 => connection_has(&headers, "keep-alive"),
         _ => !connection_has_close(&headers),
@@ -310,76 +285,6 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Parsed>> {
         headers,
         keep_alive,
     }))
-}
-
-fn connection_has_close(headers: &HeaderMap) -> bool {
-    connection_has(headers, "close")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-/// How a response body ends (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes still to come.
-    Length(u64),
-    /// Chunked, in this state.
-    Chunked(Chunk),
-    /// Until the server closes the connection.
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk: this many data bytes still to come.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: the trailer section.
-    Trailers,
-    /// The body is complete.
-    Done,
-}
-
-/// The framing a response's headers declare: a last `chunked` coding wins
-/// (and a `Content-Length` beside it is ignored, RFC 9112 §6.3); another
-/// coding means reading until close; several differing lengths are an error.
-fn framing(headers: &HeaderMap) -> io::Result<Framing> {
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let chunked = codings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::Close
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| invalid("bad content-length"))?;
-            if length.is_some_and(|was| was != n) {
-                return Err(invalid("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
 /// A response body read straight from its connection, which goes back to
@@ -396,10 +301,7 @@ struct UpstreamBody {
 
 impl UpstreamBody {
     fn done(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
+        self.framing.done()
     }
 
     /// The body is complete: the connection is pooled if it can be.
@@ -460,107 +362,6 @@ impl UpstreamBody {
     }
 }
 
-/// What the decoder made of the buffered bytes.
-#[derive(Debug)]
-enum Step {
-    Frame(Frame<Bytes>),
-    /// The body is complete.
-    End,
-    /// More bytes are needed.
-    NeedMore,
-}
-
-/// Takes the next frame of a body framed by `framing` off `buf`, advancing
-/// the state; data frames share the buffer's bytes.
-fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Step> {
-    loop {
-        match *framing {
-            Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(Step::End),
-            Framing::Length(left) => {
-                let Some(data) = take(buf, left) else {
-                    return Ok(Step::NeedMore);
-                };
-                *framing = Framing::Length(left - data.len() as u64);
-                return Ok(Step::Frame(Frame::data(data)));
-            }
-            Framing::Close if buf.is_empty() => return Ok(Step::NeedMore),
-            Framing::Close => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
-            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                // A size line is a few bytes: a long one is an attack.
-                Ok(httparse::Status::Partial) if buf.len() < 1024 => return Ok(Step::NeedMore),
-                _ => return Err(invalid("bad chunk size")),
-            },
-            Framing::Chunked(Chunk::Data(left)) => {
-                let Some(data) = take(buf, left) else {
-                    return Ok(Step::NeedMore);
-                };
-                let left = left - data.len() as u64;
-                *framing = Framing::Chunked(if left == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left)
-                });
-                return Ok(Step::Frame(Frame::data(data)));
-            }
-            Framing::Chunked(Chunk::DataEnd) => {
-                if buf.len() < 2 {
-                    return Ok(Step::NeedMore);
-                }
-                if buf[..2] != *b"\r\n" {
-                    return Err(invalid("chunk data not followed by CRLF"));
-                }
-                buf.advance(2);
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Trailers) => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
-                    *framing = Framing::Chunked(Chunk::Done);
-                    return Ok(Step::End);
-                }
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Complete((used, fields))) => {
-                        let mut map = HeaderMap::with_capacity(fields.len());
-                        for f in fields {
-                            let name = HeaderName::from_bytes(f.name.as_bytes())
-                                .map_err(|_| invalid("bad trailer name"))?;
-                            let value = HeaderValue::from_bytes(f.value)
-                                .map_err(|_| invalid("bad trailer value"))?;
-                            map.append(name, value);
-                        }
-                        (used, map)
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {
-                        return Ok(Step::NeedMore);
-                    }
-                    _ => return Err(invalid("bad trailers")),
-                };
-                buf.advance(used);
-                *framing = Framing::Chunked(Chunk::Done);
-                return Ok(Step::Frame(Frame::trailers(trailers)));
-            }
-        }
-    }
-}
-
-/// Up to `left` buffered bytes, if there are any.
-fn take(buf: &mut BytesMut, left: u64) -> Option<Bytes> {
-    if buf.is_empty() {
-        return None;
-    }
-    let n = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-    Some(buf.split_to(n).freeze())
-}
-
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -592,85 +393,14 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.framing.size_hint()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes `wire` fed in pieces of `step` bytes; returns the data, the
-    /// trailers and whether the body ended.
-    fn run(
-        wire: &[u8],
-        mut framing: Framing,
-        step: usize,
-    ) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
-        let mut buf = BytesMut::new();
-        let (mut data, mut trailers) = (Vec::new(), None);
-        let mut fed = 0;
-        loop {
-            match decode(&mut buf, &mut framing)? {
-                Step::Frame(f) => match f.into_data() {
-                    Ok(d) => data.extend_from_slice(&d),
-                    Err(f) => trailers = f.into_trailers().ok(),
-                },
-                Step::End => return Ok((data, trailers, true)),
-                Step::NeedMore if fed == wire.len() => return Ok((data, trailers, false)),
-                Step::NeedMore => {
-                    let n = step.min(wire.len() - fed);
-                    buf.extend_from_slice(&wire[fed..fed + n]);
-                    fed += n;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn bodies_decode_whatever_the_read_sizes() {
-        let chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
-        for step in [1, 2, 3, 7, 64] {
-            let (data, trailers, ended) =
-                run(chunked, Framing::Chunked(Chunk::Size), step).unwrap();
-            assert_eq!(data, b"hello world", "step {step}");
-            assert_eq!(trailers.unwrap()["grpc-status"], "0");
-            assert!(ended);
-            let (data, _, ended) = run(b"0123456789", Framing::Length(10), step).unwrap();
-            assert_eq!((data.as_slice(), ended), (&b"0123456789"[..], true));
-            let (data, trailers, ended) = run(
-                b"3\r\nabc\r\n0\r\n\r\n",
-                Framing::Chunked(Chunk::Size),
-                step,
-            )
-            .unwrap();
-            assert_eq!(
-                (data.as_slice(), trailers, ended),
-                (&b"abc"[..], None, true)
-            );
-        }
-        // Short of its length: not ended.
-        assert!(!run(b"01234", Framing::Length(10), 3).unwrap().2);
-    }
-
-    #[test]
-    fn malformed_bodies_are_errors() {
-        for wire in [
-            &b"zz\r\nabc\r\n"[..],
-            b"3\r\nabcXX0\r\n\r\n",
-            b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
-            &[b'1'; 2000],
-        ] {
-            assert!(
-                run(wire, Framing::Chunked(Chunk::Size), 5).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
-        }
-    }
+    use crate::h1::Chunk;
 
     fn head(text: &str) -> io::Result<Option<Parsed>> {
         parse_head(&mut BytesMut::from(text.as_bytes()))

@@ -1,5 +1,9 @@
-//! One downstream HTTP connection: hyper serves it, and every request goes
-//! through `Handler::handle`: route, the route's filter stack, the upstream.
+//! One downstream HTTP connection, and every request on it through
+//! `Handler::handle`: route, the route's filter stack, the upstream.
+//! HTTP/1 connections are served by Skiff's own server (`h1`), HTTP/2
+//! connections by hyper's.
+
+pub mod h1;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use skiff_control::model::Direction;
 use skiff_filters::access_log::AccessLog;
@@ -26,7 +28,7 @@ use tracing::{debug, warn};
 use crate::app::Shared;
 use crate::listener::Hold;
 use crate::panics;
-use crate::protocol::{self, HeadLimits, Servers, Spoken};
+use crate::protocol::{self, HeadLimits, Prefixed, Servers, Spoken};
 use crate::shutdown::Watch;
 
 /// What a request needs to know about the listener it arrived on.
@@ -93,7 +95,7 @@ impl Handler {
 
     /// `drain` is the connection's: an upgraded connection outlives the
     /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
-    pub async fn handle(self, mut req: Request<Incoming>, drain: &Arc<Watch>) -> Response<Body> {
+    pub async fn handle(self, mut req: Request<RequestBody>, drain: &Arc<Watch>) -> Response<Body> {
         #[cfg(feature = "panic-probe")]
         if req.headers().contains_key("skiff-test-panic") {
             panic!("panic probe: the request asked for it");
@@ -159,7 +161,13 @@ impl Handler {
             return finish(stamp(rsp, &request_id), rec);
         }
         let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+        let downstream_upgrade = if upgrading {
+            req.extensions_mut()
+                .remove::<h1::OnUpgrade>()
+                .and_then(|u| u.take())
+        } else {
+            None
+        };
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         debug!(
             listener = %self.listener.name,
@@ -217,8 +225,7 @@ impl Handler {
             }
         };
 
-        let req = req.map(|b| {
-            let body = RequestBody::from(b);
+        let req = req.map(|body| {
             Body::Request(match context {
                 Some(cx) => body.counted(cx),
                 None => body,
@@ -255,10 +262,12 @@ impl Handler {
                 metrics: self.shared.metrics.clone(),
             };
             let (hold, drain) = (self.hold.clone(), Watch::clone(drain));
-            tokio::spawn(async move {
-                panics::contained(&cx, None, tunnel(downstream, upstream, drain)).await;
-                drop(hold);
-            });
+            tokio::spawn(panics::contained(
+                cx,
+                None,
+                hold,
+                tunnel(downstream, upstream, drain),
+            ));
         }
         finish(stamp(rsp, &request_id), rec)
     }
@@ -487,15 +496,18 @@ fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
 }
 
 /// Relays bytes both ways once both sides agreed to switch protocols.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut drain: Watch) {
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!(error = %e, "upgrade failed");
+async fn tunnel(downstream: h1::Switched, upstream: hyper::upgrade::OnUpgrade, mut drain: Watch) {
+    let (mut down, up) = match tokio::join!(downstream, upstream) {
+        (Ok(down), Ok(up)) => (down, up),
+        (Err(e), _) => {
+            debug!(error = %e, "upgrade failed downstream");
+            return;
+        }
+        (_, Err(e)) => {
+            debug!(error = %e, "upgrade failed upstream");
             return;
         }
     };
-    let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     tokio::select! {
         res = tokio::io::copy_bidirectional(&mut down, &mut up) => {
@@ -515,9 +527,9 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut drain: Watch) {
 /// The connection first shows which HTTP version it speaks
 /// (`protocol::sniff`, bounded by `header_timeout`); a listener refuses a
 /// version it is not configured for (`protocol::admit`).
-pub async fn serve_connection<I>(io: I, servers: Arc<Servers>, handler: Handler, mut drain: Watch)
+pub async fn serve_connection<I>(io: I, servers: Arc<Servers>, handler: Handler, drain: Watch)
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static,
 {
     let listener = handler.listener.name.clone();
     let metrics = handler.shared.metrics.clone();
@@ -551,69 +563,85 @@ where
             return;
         }
     };
+    let for_tunnels = Arc::new(drain.clone());
+    // The HTTP/2 connection's future is boxed: a task is as large as the
+    // largest state of its future, and an idle HTTP/1 connection, which
+    // the task's own state serves, should not carry the room hyper's
+    // HTTP/2 connection needs (docs/benchmarks.md).
+    if spoken == Spoken::Http1 {
+        h1::serve(io, handler, drain, for_tunnels).await;
+    } else {
+        Box::pin(serve_h2(
+            io,
+            servers,
+            handler,
+            drain,
+            for_tunnels,
+            listener,
+            metrics,
+        ))
+        .await;
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper's server until it ends or the
+/// drain ends it (GOAWAY, then closed at the drain timeout).
+async fn serve_h2<I>(
+    io: Prefixed<I>,
+    servers: Arc<Servers>,
+    handler: Handler,
+    mut drain: Watch,
+    for_tunnels: Arc<Watch>,
+    listener: Arc<str>,
+    metrics: Arc<skiff_filters::telemetry::Metrics>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static,
+{
     // A shed HTTP/2 connection is sent GOAWAY once its first answer (503)
     // is on its way: it opens no more streams here, closes, and gives its
     // place in the budget back. (HTTP/1 closes after the answer itself.)
-    let go_away = (handler.shed() && spoken == Spoken::Http2).then(|| Arc::new(Notify::new()));
+    let go_away = handler.shed().then(|| Arc::new(Notify::new()));
     let mut handler = handler;
     handler.go_away = go_away.clone();
-    let for_tunnels = Arc::new(drain.clone());
-    // HTTP/2: requests started, for the idle timeout (`went_idle`).
-    let started = (spoken == Spoken::Http2).then(|| Arc::new(AtomicU64::new(0)));
+    // Requests started, for the idle timeout (`went_idle`).
+    let started = Arc::new(AtomicU64::new(0));
     let counted = started.clone();
     let idle_timeout = handler.listener.idle_timeout;
-    let service = service_fn(move |req| {
-        if let Some(n) = &counted {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        counted.fetch_add(1, Ordering::Relaxed);
         let (h, d) = (handler.clone(), for_tunnels.clone());
-        async move { Ok::<_, std::convert::Infallible>(h.handle(req, &d).await) }
+        async move { Ok::<_, std::convert::Infallible>(h.handle(req.map(RequestBody::from), &d).await) }
     });
-    let io = TokioIo::new(io);
-    // The same drain for both versions; hyper's two connection types share
-    // no trait for `graceful_shutdown`.
-    macro_rules! serve_until_drained {
-        ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                res = conn.as_mut() => Some(res),
-                _ = drain.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        res = conn => Some(res),
-                        _ = drain.terminated() => None,
-                    }
-                }
-                () = wind_down(go_away.as_deref(), started.as_deref(), idle_timeout) => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        res = conn => Some(res),
-                        _ = drain.terminated() => None,
-                    }
-                }
-            };
-            match res {
-                Some(res) => log_end(res, &metrics, &listener),
-                None => debug!("drain timeout: connection closed"),
+    let conn = servers.http2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => Some(res),
+        _ = drain.draining() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                res = conn => Some(res),
+                _ = drain.terminated() => None,
             }
-        }};
-    }
-    match spoken {
-        Spoken::Http1 => {
-            serve_until_drained!(servers.http1.serve_connection(io, service).with_upgrades())
         }
-        Spoken::Http2 => serve_until_drained!(servers.http2.serve_connection(io, service)),
-        // Refused by `admit` above.
-        Spoken::Garbage => {}
+        () = wind_down(go_away.as_deref(), &started, idle_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                res = conn => Some(res),
+                _ = drain.terminated() => None,
+            }
+        }
+    };
+    match res {
+        Some(res) => log_end(res, &metrics, &listener),
+        None => debug!("drain timeout: connection closed"),
     }
 }
 
 /// Resolves when an HTTP/2 connection should be sent GOAWAY: once
 /// `go_away` is notified (a shed connection's first answer), or once a
 /// whole `idle` passed with no request started (`started` counts them), so
-/// between one and two `idle_timeout`s after the last. Never for HTTP/1.
-async fn wind_down(go_away: Option<&Notify>, started: Option<&AtomicU64>, idle: Duration) {
+/// between one and two `idle_timeout`s after the last.
+async fn wind_down(go_away: Option<&Notify>, started: &AtomicU64, idle: Duration) {
     let told = async {
         match go_away {
             Some(n) => n.notified().await,
@@ -621,9 +649,6 @@ async fn wind_down(go_away: Option<&Notify>, started: Option<&AtomicU64>, idle: 
         }
     };
     let went_idle = async {
-        let Some(started) = started else {
-            return std::future::pending().await;
-        };
         let mut seen = started.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(idle).await;
@@ -641,9 +666,9 @@ async fn wind_down(go_away: Option<&Notify>, started: Option<&AtomicU64>, idle: 
     }
 }
 
-/// Logs how a connection ended, and counts the requests hyper refused on its
-/// own: past Skiff's limits' headroom (`protocol::PARSER_HEADROOM`) or
-/// unparseable, they never reached `Handler::handle`.
+/// Logs how an HTTP/2 connection ended, and counts what hyper refused on
+/// its own: past Skiff's limits' headroom (`protocol::PARSER_HEADROOM`) or
+/// unparseable, it never reached `Handler::handle`.
 fn log_end(
     res: Result<(), hyper::Error>,
     metrics: &skiff_filters::telemetry::Metrics,

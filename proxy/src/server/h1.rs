@@ -1,0 +1,1224 @@
+//! Skiff's own HTTP/1.1 server: one downstream HTTP/1 connection, from its
+//! first request head to its close, each request through `Handler::handle`.
+//!
+//! hyper's HTTP/1 server keeps an 8 KiB read buffer and an 8 KiB write
+//! buffer for as long as a connection lives, and its connection future is
+//! sized for the request it may one day serve: about 20 KiB for a keep-alive
+//! connection that does nothing (docs/benchmarks.md). A sidecar holds
+//! thousands of those. Here an idle connection holds no buffer at all: it
+//! waits with its memory given back, reads a new head through the stack,
+//! and only then takes a buffer the size of what arrived; the request's own
+//! future is boxed for as long as the request lives.
+//!
+//! What it accepts is what hyper accepted, checked by the same hostile
+//! suite (`tests/tests/hostile.rs`): httparse parses the head (no obsolete
+//! line folding, no space before a colon, no bare CR, LF or NUL), a request
+//! names one `Content-Length` or ends its codings in `chunked`, never both
+//! (400, as Envoy: the classic smuggling vector), and a head
+//! must arrive whole within `header_timeout`. Refusals are Skiff's own
+//! answers, with `skiff-error`, and are counted.
+//!
+//! A request body is read by the body itself, from whichever task polls it
+//! (the upstream's): it owns the connection's read half until its end, then
+//! hands it back. An answer that comes before the body was read leaves the
+//! rest to be read and thrown away, within bounds, so that the connection
+//! can serve the next request; past the bounds it is closed.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use skiff_filters::Body;
+use skiff_filters::body::RequestBody;
+use skiff_filters::error::{self, Reason};
+use skiff_filters::headers;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::oneshot;
+use tokio_util::io::poll_read_buf;
+use tracing::debug;
+
+use super::Handler;
+use crate::h1::{self, Chunk, Framing, READ_CHUNK, Step};
+use crate::protocol::HeadLimits;
+use crate::shutdown::Watch;
+
+/// The longest request target, as hyper's server: past it, 414.
+const MAX_TARGET: usize = 65_534;
+/// Header slots parsed on the stack; a listener allowing more fields parses
+/// into a heap array.
+const STACK_FIELDS: usize = 128;
+/// How much a read into the stack takes at once: a whole head, usually.
+const STACK_READ: usize = 8192;
+/// Body data up to this size is copied beside the head or chunk line, so
+/// that a small answer goes out in one write; larger data is written from
+/// where it is.
+const COPY_BELOW: usize = 8192;
+/// Buffered output is written out once it grows past this.
+const FLUSH_AT: usize = 32 * 1024;
+
+/// Serves one HTTP/1 connection until it closes, the client leaves, or the
+/// drain ends it: an idle connection closes as soon as the drain starts, a
+/// busy one answers its request with `connection: close`.
+pub async fn serve<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
+where
+    I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(io);
+    let mut reader = Some(Reader {
+        io: rd,
+        buf: BytesMut::new(),
+    });
+    let mut out = Vec::new();
+    let listener = handler.listener.clone();
+    let limits = listener.limits;
+    let mut served = 0u64;
+    loop {
+        let Some(r) = reader.as_mut() else { return };
+        if r.buf.is_empty() {
+            // Idle until the next head: nothing held.
+            r.buf = BytesMut::new();
+            out = Vec::new();
+        }
+        let read = tokio::select! {
+            read = tokio::time::timeout(listener.header_timeout, read_head(r, limits)) => read,
+            () = drain.draining() => return,
+        };
+        let head = match read {
+            Ok(Ok(head)) => head,
+            Ok(Err(HeadError::Closed)) => return,
+            Ok(Err(HeadError::Io(e))) => {
+                debug!(error = %e, "downstream connection ended");
+                return;
+            }
+            Ok(Err(HeadError::Refused(refusal))) => {
+                handler
+                    .shared
+                    .metrics
+                    .refused(&listener.name, refusal.counted_as);
+                handler.log_refusal(refusal.reason, refusal.message);
+                if let Some(r) = reader.take() {
+                    // Boxed, as every path the idle connection does not take.
+                    Box::pin(refuse(r, wr, refusal)).await;
+                }
+                return;
+            }
+            Err(_elapsed) => {
+                // A head begun and not finished, or a first one never sent;
+                // a keep-alive connection going quiet is no refusal.
+                if served == 0 || reader.as_ref().is_some_and(|r| !r.buf.is_empty()) {
+                    handler
+                        .shared
+                        .metrics
+                        .refused(&listener.name, "header-timeout");
+                }
+                debug!(listener = %listener.name, "no request head within header_timeout");
+                return;
+            }
+        };
+        served += 1;
+
+        let ask = Asked {
+            head: head.method == Method::HEAD,
+            version: head.version,
+            keep_alive: head.keep_alive,
+            trailers: wants_trailers(&head.headers),
+        };
+        let mut req = Request::new(RequestBody::empty());
+        let framing = head.framing;
+        let lent = if framing == Framing::Length(0) {
+            None
+        } else {
+            if head.expects_continue
+                && wr
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            let Some(r) = reader.take() else { return };
+            *req.body_mut() = RequestBody::own(ServerBody {
+                reader: Some(r),
+                framing,
+                back: Some(tx),
+            });
+            Some(rx)
+        };
+        let upgrade = if head.upgrade && lent.is_none() {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(OnUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+            Some(tx)
+        } else {
+            None
+        };
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+
+        // The request's whole exchange is boxed, once: the connection's own
+        // future, which an idle connection keeps, stays small.
+        let switchable = upgrade.is_some();
+        let exchange = Box::pin(exchange(
+            handler.clone(),
+            req,
+            &tunnels,
+            &mut wr,
+            &mut out,
+            ask,
+            switchable,
+        ));
+        let written = tokio::select! {
+            written = exchange => written,
+            () = drain.terminated() => return,
+        };
+        let Ok(Done {
+            mut keep_alive,
+            switching,
+        }) = written
+        else {
+            return;
+        };
+
+        if switching {
+            if let (Some(tx), Some(r)) = (upgrade, reader.take()) {
+                let rest = r.buf.freeze();
+                let io = r.io.unsplit(wr);
+                let _ = tx.send(Box::new(Rewind { rest, io }));
+            }
+            return;
+        }
+        if let Some(rx) = lent {
+            match Box::pin(body_back(rx)).await {
+                Some((back, finished)) => {
+                    keep_alive &= finished;
+                    reader = Some(back);
+                }
+                None => keep_alive = false,
+            }
+        }
+        if !keep_alive {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// How an exchange ended.
+struct Done {
+    /// The connection may serve another request.
+    keep_alive: bool,
+    /// The answer was 101 to a request that asked to switch protocols.
+    switching: bool,
+}
+
+/// One request through `Handler::handle`, and its answer written. A
+/// drain that started meanwhile closes the connection after it.
+async fn exchange<W: AsyncWrite + Unpin>(
+    handler: Handler,
+    req: Request<RequestBody>,
+    tunnels: &Arc<Watch>,
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    mut ask: Asked,
+    switchable: bool,
+) -> io::Result<Done> {
+    let rsp = handler.handle(req, tunnels).await;
+    ask.keep_alive &= !tunnels.is_draining();
+    let switching = switchable && rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        ask.keep_alive = true;
+    }
+    let keep_alive = respond(wr, out, rsp, &ask).await?;
+    Ok(Done {
+        keep_alive,
+        switching,
+    })
+}
+
+/// What the request asked of its answer's framing.
+struct Asked {
+    /// A HEAD request: the answer's head only.
+    head: bool,
+    version: Version,
+    keep_alive: bool,
+    /// `TE: trailers`: trailers may go in a chunked answer.
+    trailers: bool,
+}
+
+impl Asked {
+    /// For an answer Skiff makes before it has a request to go by.
+    fn closing() -> Self {
+        Self {
+            head: false,
+            version: Version::HTTP_11,
+            keep_alive: false,
+            trailers: false,
+        }
+    }
+}
+
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
+}
+
+// === reading ===
+
+/// The read side of a connection, and what was read of it and not used.
+struct Reader<I> {
+    io: ReadHalf<I>,
+    buf: BytesMut,
+}
+
+/// A request head, parsed and checked.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    /// HTTP/1.1 without `Connection: close`, HTTP/1.0 with `keep-alive`.
+    keep_alive: bool,
+    /// `Upgrade` with `Connection: upgrade` (a WebSocket handshake).
+    upgrade: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    expects_continue: bool,
+}
+
+/// Why no request came.
+enum HeadError {
+    /// The client closed between requests.
+    Closed,
+    Io(io::Error),
+    /// A head Skiff answers itself, then closes.
+    Refused(Refusal),
+}
+
+/// A head refused before it reaches the handler.
+struct Refusal {
+    status: StatusCode,
+    reason: Reason,
+    /// The `reason` label of `skiff_downstream_refusals_total`.
+    counted_as: &'static str,
+    message: &'static str,
+}
+
+impl Refusal {
+    fn malformed(message: &'static str) -> HeadError {
+        HeadError::Refused(Self {
+            status: StatusCode::BAD_REQUEST,
+            reason: Reason::BadRequest,
+            counted_as: "malformed",
+            message,
+        })
+    }
+
+    fn too_large(status: StatusCode, message: &'static str) -> HeadError {
+        HeadError::Refused(Self {
+            status,
+            reason: if status == StatusCode::URI_TOO_LONG {
+                Reason::BadRequest
+            } else {
+                Reason::HeadTooLarge
+            },
+            counted_as: "head-too-large",
+            message,
+        })
+    }
+}
+
+/// The most bytes an unfinished head may take before it is refused: what
+/// the listener's limits allow, with room for the request line and the
+/// separators they do not count. A whole head within it is judged exactly
+/// by the handler (`admit`).
+fn head_budget(limits: HeadLimits) -> usize {
+    limits.bytes + limits.count * 4 + 1024 + MAX_TARGET
+}
+
+/// Reads until a whole request head is buffered, and parses it.
+async fn read_head<I: AsyncRead>(r: &mut Reader<I>, limits: HeadLimits) -> Result<Head, HeadError> {
+    let budget = head_budget(limits);
+    loop {
+        if !r.buf.is_empty()
+            && let Some(head) = parse_head(&mut r.buf, limits.count + 1)?
+        {
+            return Ok(head);
+        }
+        if r.buf.len() > budget {
+            return Err(if memchr_newline(&r.buf) {
+                Refusal::too_large(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request headers too large",
+                )
+            } else {
+                Refusal::too_large(StatusCode::URI_TOO_LONG, "request target too long")
+            });
+        }
+        let was_empty = r.buf.is_empty();
+        let n = std::future::poll_fn(|cx| poll_fill(&mut r.io, &mut r.buf, cx))
+            .await
+            .map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(if was_empty {
+                HeadError::Closed
+            } else {
+                HeadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed mid-head",
+                ))
+            });
+        }
+    }
+}
+
+fn memchr_newline(buf: &[u8]) -> bool {
+    buf.contains(&b'\n')
+}
+
+/// Reads more into `buf`. An empty buffer holds no memory: the read goes
+/// through the stack and only what arrived is kept, so a connection waiting
+/// for its next request costs no buffer.
+fn poll_fill<I: AsyncRead>(
+    io: &mut ReadHalf<I>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.is_empty() {
+        let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if buf.capacity() < got.len() {
+            *buf = BytesMut::with_capacity(got.len());
+        }
+        buf.extend_from_slice(got);
+        return Poll::Ready(Ok(got.len()));
+    }
+    buf.reserve(READ_CHUNK);
+    poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Parses the request head at the start of `buf`, consuming it; `None`
+/// while it is incomplete. Empty lines before it are skipped (RFC 9112
+/// §2.2). `slots` is one more than the fields allowed, so that one too
+/// many is told from a parse error.
+fn parse_head(buf: &mut BytesMut, slots: usize) -> Result<Option<Head>, HeadError> {
+    let blank = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    buf.advance(blank);
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
+    let mut heap = Vec::new();
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if slots <= STACK_FIELDS {
+        &mut stack[..slots]
+    } else {
+        heap.resize(slots, MaybeUninit::uninit());
+        &mut heap
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, fields)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::too_large(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many request header fields",
+            ));
+        }
+        Err(_) => return Err(Refusal::malformed("malformed request head")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(Refusal::malformed("malformed request head"));
+    };
+    if target.len() > MAX_TARGET {
+        return Err(Refusal::too_large(
+            StatusCode::URI_TOO_LONG,
+            "request target too long",
+        ));
+    }
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Refusal::malformed("malformed request method"))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let target_at = target.as_ptr() as usize - base;
+    let target_len = target.len();
+    let count = req.headers.len();
+    let mut stack_spans = [(0u32, 0u32, 0u32, 0u32); STACK_FIELDS];
+    let mut heap_spans = Vec::new();
+    let spans: &mut [h1::Span] = if count <= STACK_FIELDS {
+        &mut stack_spans[..count]
+    } else {
+        heap_spans.resize(count, (0, 0, 0, 0));
+        &mut heap_spans
+    };
+    h1::spans(buf.as_ptr(), req.headers, spans);
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
+        .map_err(|_| Refusal::malformed("malformed request target"))?;
+    let headers =
+        h1::header_map(&head, spans).map_err(|_| Refusal::malformed("malformed header field"))?;
+
+    let keep_alive = match version {
+        Version::HTTP_10 => h1::connection_has(&headers, "keep-alive"),
+        _ => !h1::connection_has_close(&headers),
+    };
+    let framing = if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(Refusal::malformed(
+                "transfer-encoding in an HTTP/1.0 request",
+            ));
+        }
+        if !h1::last_coding_is_chunked(&headers) {
+            return Err(Refusal::malformed(
+                "a request body's last transfer coding must be chunked",
+            ));
+        }
+        if headers.contains_key(CONTENT_LENGTH) {
+            // Framed two ways, the classic smuggling vector: refused, as
+            // Envoy does by default (RFC 9112 §6.1 allows it).
+            return Err(Refusal::malformed(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        Framing::Chunked(Chunk::Size)
+    } else {
+        let length =
+            h1::content_length(&headers).map_err(|_| Refusal::malformed("bad content-length"))?;
+        Framing::Length(length.unwrap_or(0))
+    };
+    let upgrade = headers::is_upgrade(&headers);
+    // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
+    let expects_continue = framing != Framing::Length(0)
+        && version == Version::HTTP_11
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        upgrade,
+        expects_continue,
+    }))
+}
+
+// === request bodies ===
+
+/// A request body, read from its connection by whoever polls it. At its
+/// end, or when dropped, the connection's reader goes back to the
+/// connection with the framing's state.
+struct ServerBody<I> {
+    reader: Option<Reader<I>>,
+    framing: Framing,
+    back: Option<oneshot::Sender<Lent<I>>>,
+}
+
+/// A reader coming back from a request body.
+struct Lent<I> {
+    reader: Reader<I>,
+    framing: Framing,
+}
+
+impl<I: AsyncRead> ServerBody<I> {
+    fn give_back(&mut self) {
+        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
+            let _ = back.send(Lent {
+                reader,
+                framing: self.framing,
+            });
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.framing.done()
+    }
+}
+
+impl<I: AsyncRead> http_body::Body for ServerBody<I> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(r) = this.reader.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match h1::decode(&mut r.buf, &mut this.framing) {
+                Ok(Step::Frame(frame)) => {
+                    if this.done() {
+                        this.give_back();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    this.give_back();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {
+                    r.buf.reserve(READ_CHUNK);
+                    match ready!(poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf)) {
+                        Ok(0) => {
+                            this.give_back();
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the client closed before the request body's end",
+                            ))));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.give_back();
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    this.give_back();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reader.is_none() || self.done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.framing.size_hint()
+    }
+}
+
+impl<I> Drop for ServerBody<I> {
+    fn drop(&mut self) {
+        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
+            let _ = back.send(Lent {
+                reader,
+                framing: self.framing,
+            });
+        }
+    }
+}
+
+/// Waits for a lent reader to come back: at once, usually, since the
+/// upstream read the body before it answered. A body still held elsewhere
+/// after `RequestBody::DRAIN_TIME` costs the connection. With the reader
+/// comes whether what was left of the body could be read and thrown away
+/// ([`Lent::finish`]), so that the connection can serve another request.
+async fn body_back<I: AsyncRead>(mut rx: oneshot::Receiver<Lent<I>>) -> Option<(Reader<I>, bool)> {
+    let mut lent = match rx.try_recv() {
+        Ok(lent) => lent,
+        Err(oneshot::error::TryRecvError::Closed) => return None,
+        Err(oneshot::error::TryRecvError::Empty) => {
+            tokio::time::timeout(RequestBody::DRAIN_TIME, rx)
+                .await
+                .ok()?
+                .ok()?
+        }
+    };
+    let finished = lent.finish().await;
+    Some((lent.reader, finished))
+}
+
+impl<I: AsyncRead> Lent<I> {
+    /// Reads and throws away what is left of an unread body, within
+    /// `RequestBody::DRAIN_BYTES` and `DRAIN_TIME`; whether the connection
+    /// can serve another request.
+    async fn finish(&mut self) -> bool {
+        let mut read = 0usize;
+        let rest = async {
+            loop {
+                match h1::decode(&mut self.reader.buf, &mut self.framing) {
+                    Ok(Step::End) => return true,
+                    Ok(Step::Frame(f)) => {
+                        read += f.data_ref().map_or(0, Bytes::len);
+                        if read > RequestBody::DRAIN_BYTES {
+                            return false;
+                        }
+                    }
+                    Ok(Step::NeedMore) => {
+                        let r = &mut self.reader;
+                        r.buf.reserve(READ_CHUNK);
+                        let n = std::future::poll_fn(|cx| {
+                            poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf)
+                        })
+                        .await;
+                        if !matches!(n, Ok(n) if n > 0) {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+        };
+        tokio::time::timeout(RequestBody::DRAIN_TIME, rest)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Answers a refused head, then closes.
+async fn refuse<I: AsyncRead + AsyncWrite>(r: Reader<I>, mut wr: WriteHalf<I>, refusal: Refusal) {
+    let mut rsp = error::reply(refusal.reason, refusal.message, false);
+    *rsp.status_mut() = refusal.status;
+    if respond(&mut wr, &mut Vec::new(), rsp, &Asked::closing())
+        .await
+        .is_ok()
+    {
+        linger(r, wr).await;
+    }
+}
+
+/// After a refusal: reads what the client is still sending, for a moment,
+/// so that closing with unread bytes does not reset the connection before
+/// the client has read the answer.
+async fn linger<I: AsyncRead + AsyncWrite>(mut r: Reader<I>, mut wr: WriteHalf<I>) {
+    let _ = wr.shutdown().await;
+    let rest = async {
+        let mut read = 0usize;
+        loop {
+            r.buf.clear();
+            r.buf.reserve(READ_CHUNK);
+            match std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf))
+                .await
+            {
+                Ok(n) if n > 0 && read < LINGER_BYTES => read += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(RequestBody::DRAIN_TIME, rest).await;
+}
+
+/// The most a lingering close reads.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+// === writing ===
+
+/// How an answer's body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, a length unknown).
+    Close,
+}
+
+/// Writes an answer, head and body; whether the connection can be kept
+/// afterwards. A body that fails midway fails the write: the connection
+/// is closed without the body's end, so the client cannot mistake a cut
+/// body for a whole one.
+async fn respond<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    rsp: Response<Body>,
+    ask: &Asked,
+) -> io::Result<bool> {
+    let (parts, mut body) = rsp.into_parts();
+    let status = parts.status;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut keep_alive = ask.keep_alive && !h1::connection_has_close(&parts.headers);
+    let framing = if ask.head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if let Some(n) = body.size_hint().exact() {
+        Out::Length(n)
+    } else if let Ok(Some(n)) = h1::content_length(&parts.headers) {
+        Out::Length(n)
+    } else if ask.version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::Close
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let framed_here =
+            name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && framing != Out::None);
+        if framed_here || (name == CONNECTION && !switching) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        date::put(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::None | Out::Close => {}
+    }
+    if !switching {
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if ask.version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if framing == Out::None {
+        drop(body);
+        write_out(wr, out).await?;
+        return Ok(keep_alive);
+    }
+    let mut sent = 0u64;
+    let mut trailers = None;
+    while !body.is_end_stream() {
+        let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            // Write what is buffered while the body has nothing yet.
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+        })
+        .await;
+        let frame = match frame {
+            None => {
+                write_out(wr, out).await?;
+                continue;
+            }
+            Some(None) => break,
+            Some(Some(Err(e))) => return Err(io::Error::other(e)),
+            Some(Some(Ok(frame))) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            Out::Length(n) if sent > n => {
+                return Err(io::Error::other("an answer's body ran past its length"));
+            }
+            Out::Chunked => {
+                let mut hex = [0u8; 16];
+                out.extend_from_slice(hex_len(data.len(), &mut hex));
+                out.extend_from_slice(b"\r\n");
+                put_data(wr, out, data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => put_data(wr, out, data).await?,
+        }
+        if out.len() >= FLUSH_AT {
+            write_out(wr, out).await?;
+        }
+    }
+    match framing {
+        Out::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            if ask.trailers
+                && let Some(t) = &trailers
+            {
+                for (name, value) in t {
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Length(n) if sent < n => {
+            write_out(wr, out).await?;
+            return Err(io::Error::other(
+                "an answer's body ended short of its length",
+            ));
+        }
+        _ => {}
+    }
+    write_out(wr, out).await?;
+    Ok(keep_alive)
+}
+
+/// `n` in hex, as a chunk-size line starts.
+fn hex_len(n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Adds body data to the output: small data is copied in, large data is
+/// written at once behind what is buffered, from where it lies.
+async fn put_data<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    data: Bytes,
+) -> io::Result<()> {
+    if data.len() < COPY_BELOW {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    let (mut first, mut second) = (&out[..], &data[..]);
+    while !first.is_empty() {
+        let n = wr
+            .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n <= first.len() {
+            first = &first[n..];
+        } else {
+            second = &second[n - first.len()..];
+            first = &[];
+        }
+    }
+    wr.write_all(second).await?;
+    out.clear();
+    Ok(())
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.flush().await
+}
+
+/// The `Date` of answers, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    pub fn put(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        NOW.with_borrow_mut(|(at, text)| {
+            if *at != secs {
+                let formatted = httpdate::fmt_http_date(now);
+                if formatted.len() == text.len() {
+                    text.copy_from_slice(formatted.as_bytes());
+                    *at = secs;
+                }
+            }
+            out.extend_from_slice(text);
+        });
+    }
+}
+
+// === upgrades ===
+
+/// Set on a request that asked to switch protocols: where its connection
+/// comes out once Skiff answered 101. (A request extension must be `Clone`;
+/// the first to `take` it gets the connection.)
+#[derive(Clone)]
+pub struct OnUpgrade(Arc<std::sync::Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl OnUpgrade {
+    pub fn take(&self) -> Option<Switched> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(Switched)
+    }
+}
+
+/// The connection of a request that switched protocols, given to the tunnel
+/// by the connection's task once the 101 is written.
+pub struct Switched(oneshot::Receiver<Upgraded>);
+
+/// An upgraded downstream connection, the bytes already read first.
+pub type Upgraded = Box<dyn Io>;
+
+/// A byte stream both ways.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl Future for Switched {
+    type Output = io::Result<Upgraded>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection did not switch protocols",
+            )
+        })
+    }
+}
+
+/// A stream with bytes already read put back in front of it.
+struct Rewind<I> {
+    rest: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(out.remaining());
+            out.put_slice(&self.rest[..n]);
+            self.rest.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<Head>, HeadError> {
+        parse_head(&mut BytesMut::from(text.as_bytes()), 101)
+    }
+
+    fn refused(text: &str) -> Option<(u16, &'static str)> {
+        match parse(text) {
+            Err(HeadError::Refused(r)) => Some((r.status.as_u16(), r.counted_as)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn request_heads_and_their_framing() {
+        let h = parse("\r\nGET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\n")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!((h.method, h.uri.to_string()), (Method::GET, "/a?b".into()));
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(h.keep_alive);
+
+        let h = parse("GET / HTTP/1.0\r\n\r\n").ok().flatten().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert!(h.keep_alive);
+
+        let h = parse(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.expects_continue);
+
+        let h = parse(
+            "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        assert!(h.upgrade);
+
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+        assert!(matches!(parse("\r\n"), Ok(None)));
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for (text, expected) in [
+            ("GE(T / HTTP/1.1\r\n\r\n", (400, "malformed")),
+            ("GET / HTTP/1.2\r\n\r\n", (400, "malformed")),
+            ("GET / HTTP/2.0\r\n\r\n", (400, "malformed")),
+            ("GET /\r\n\r\n", (400, "malformed")),
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", (400, "malformed")),
+            ("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", (400, "malformed")),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
+                (400, "malformed"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                (400, "malformed"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                (400, "malformed"),
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (400, "malformed"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (400, "malformed"),
+            ),
+        ] {
+            assert_eq!(refused(text), Some(expected), "{text:?}");
+        }
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_TARGET));
+        assert_eq!(refused(&long), Some((414, "head-too-large")));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(102));
+        assert_eq!(refused(&many), Some((431, "head-too-large")));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for (n, text) in [
+            (0, "0"),
+            (9, "9"),
+            (10, "a"),
+            (4096, "1000"),
+            (usize::MAX, "ffffffffffffffff"),
+        ] {
+            assert_eq!(hex_len(n, &mut [0; 16]), text.as_bytes());
+        }
+    }
+
+    /// An answer's framing follows the request and the body: a length when
+    /// known, chunked for HTTP/1.1, until close for HTTP/1.0; none for HEAD.
+    #[tokio::test]
+    async fn answers_are_framed_for_their_request() {
+        async fn written(rsp: Response<Body>, ask: Asked) -> (String, bool) {
+            let mut wire = Vec::new();
+            let keep = respond(&mut wire, &mut Vec::new(), rsp, &ask)
+                .await
+                .unwrap();
+            (String::from_utf8(wire).unwrap(), keep)
+        }
+        let ask = |version, head| Asked {
+            head,
+            version,
+            keep_alive: true,
+            trailers: false,
+        };
+        let (w, keep) = written(
+            Response::new(Body::full("hello")),
+            ask(Version::HTTP_11, false),
+        )
+        .await;
+        assert!(w.starts_with("HTTP/1.1 200 OK\r\n"), "{w}");
+        assert!(
+            w.contains("content-length: 5\r\n") && w.ends_with("\r\n\r\nhello"),
+            "{w}"
+        );
+        assert!(w.contains("date: "), "{w}");
+        assert!(keep);
+
+        let streamed = || {
+            let frames = futures_util::stream::iter([
+                Ok::<_, io::Error>(Frame::data(Bytes::from_static(b"abc"))),
+                Ok(Frame::data(Bytes::from(vec![b'z'; 10_000]))),
+            ]);
+            Body::boxed(http_body_util::StreamBody::new(frames))
+        };
+        let (w, keep) = written(Response::new(streamed()), ask(Version::HTTP_11, false)).await;
+        assert!(w.contains("transfer-encoding: chunked\r\n"), "{w}");
+        let body = &w[w.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(
+            body,
+            format!("3\r\nabc\r\n2710\r\n{}\r\n0\r\n\r\n", "z".repeat(10_000))
+        );
+        assert!(keep);
+
+        let (w, keep) = written(Response::new(streamed()), ask(Version::HTTP_10, false)).await;
+        assert!(
+            !w.contains("transfer-encoding") && w.contains("connection: close\r\n"),
+            "{w}"
+        );
+        assert!(!keep);
+
+        let mut rsp = Response::new(Body::Empty);
+        rsp.headers_mut()
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("42"));
+        let (w, _) = written(rsp, ask(Version::HTTP_11, true)).await;
+        assert!(
+            w.contains("content-length: 42\r\n") && w.ends_with("\r\n\r\n"),
+            "{w}"
+        );
+
+        let mut rsp = Response::new(Body::Empty);
+        rsp.headers_mut()
+            .insert(CONNECTION, http::HeaderValue::from_static("close"));
+        let (w, keep) = written(rsp, ask(Version::HTTP_10, false)).await;
+        assert!(w.contains("connection: close\r\n") && !keep, "{w}");
+    }
+}
