@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use integration_tests::body::empty;
-use integration_tests::client::{ClientProtocol, read_to_close};
+use integration_tests::client::{ClientProtocol, read_head, read_to_close};
 use integration_tests::{Backend, Client, Listening, Proxy, TcpServer, guard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -445,6 +445,35 @@ async fn slowloris_is_cut_off_by_the_header_timeout() {
         assert_serves(&proxy, protocol, &case).await;
     }
     assert_eq!(app.requests(), 0);
+    app.join().await;
+}
+
+/// An idle HTTP/1 keep-alive connection is held for `header_timeout` (200ms
+/// here) after its last answer, then closed without an answer, uncounted (a
+/// quiet keep-alive connection is no refusal); one that is busy is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("http1", app.addr(), "").await;
+    let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+    // HEAD: an answer that ends with its head.
+    let request = b"HEAD /alive HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Three requests, each well inside the timeout: the connection serves.
+    for _ in 0..3 {
+        stream.write_all(request).await.unwrap();
+        let (head, rest) = read_head(&mut stream).await;
+        assert_eq!(status_of(&head), Some(200), "{head:?}");
+        assert!(rest.is_empty(), "a HEAD answer has no body: {rest:?}");
+    }
+    // Closed (the guard in `read_to_close` turns a connection held
+    // forever into a failure), and nothing more was said.
+    let rest = read_to_close(&mut stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.contains(r#"reason="header-timeout""#),
+        "a quiet keep-alive connection was counted: {metrics}"
+    );
     app.join().await;
 }
 

@@ -60,6 +60,9 @@ const STACK_READ: usize = 8192;
 /// that a small answer goes out in one write; larger data is written from
 /// where it is.
 const COPY_BELOW: usize = 8192;
+/// What the output buffer starts with: a typical answer's head, and a
+/// small body.
+const HEAD_GUESS: usize = 1024;
 /// Buffered output is written out once it grows past this.
 const FLUSH_AT: usize = 32 * 1024;
 
@@ -79,6 +82,11 @@ where
     let listener = handler.listener.clone();
     let limits = listener.limits;
     let mut served = 0u64;
+    // One timer for every head of the connection, re-armed only when it
+    // fires before the current head's deadline: registering a timer per
+    // request and cancelling it costs more than the rest of reading a head.
+    let head_timer = tokio::time::sleep(listener.header_timeout);
+    tokio::pin!(head_timer);
     loop {
         let Some(r) = reader.as_mut() else { return };
         if r.buf.is_empty() {
@@ -86,8 +94,10 @@ where
             r.buf = BytesMut::new();
             out = Vec::new();
         }
+        let deadline = tokio::time::Instant::now() + listener.header_timeout;
         let read = tokio::select! {
-            read = tokio::time::timeout(listener.header_timeout, read_head(r, limits)) => read,
+            read = read_head(r, limits) => Ok(read),
+            () = until(head_timer.as_mut(), deadline) => Err(()),
             () = drain.draining() => return,
         };
         let head = match read {
@@ -109,7 +119,7 @@ where
                 }
                 return;
             }
-            Err(_elapsed) => {
+            Err(()) => {
                 // A head begun and not finished, or a first one never sent;
                 // a keep-alive connection going quiet is no refusal.
                 if served == 0 || reader.as_ref().is_some_and(|r| !r.buf.is_empty()) {
@@ -210,6 +220,21 @@ where
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// Resolves at `deadline`, on a timer that may be set earlier: it is moved
+/// on when it fires first.
+async fn until(mut timer: Pin<&mut tokio::time::Sleep>, deadline: tokio::time::Instant) {
+    loop {
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
     }
 }
 
@@ -767,6 +792,8 @@ async fn respond<W: AsyncWrite + Unpin>(
     };
 
     out.clear();
+    // A typical head in one allocation, not grown through several.
+    out.reserve(HEAD_GUESS);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
