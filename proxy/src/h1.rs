@@ -20,6 +20,11 @@ pub const MAX_HEADERS: usize = 100;
 /// The largest response head (or trailer block) read, as hyper's client
 /// (its `max_buf_size` default).
 pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// The largest trailer section read, as hyper.
+pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// The longest chunk-size line, extensions included: a size line is a few
+/// bytes, and a long one is an attack.
+const MAX_SIZE_LINE: usize = 1024;
 /// What one read asks the socket for.
 pub const READ_CHUNK: usize = 8192;
 
@@ -181,8 +186,8 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Step> {
             }
             Framing::Close if buf.is_empty() => return Ok(Step::NeedMore),
             Framing::Close => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
-            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
+            Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                Some((used, size)) => {
                     buf.advance(used);
                     *framing = Framing::Chunked(if size == 0 {
                         Chunk::Trailers
@@ -190,9 +195,7 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Step> {
                         Chunk::Data(size)
                     });
                 }
-                // A size line is a few bytes: a long one is an attack.
-                Ok(httparse::Status::Partial) if buf.len() < 1024 => return Ok(Step::NeedMore),
-                _ => return Err(invalid("bad chunk size")),
+                None => return Ok(Step::NeedMore),
             },
             Framing::Chunked(Chunk::Data(left)) => {
                 let Some(data) = take(buf, left) else {
@@ -235,7 +238,7 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Step> {
                         }
                         (used, map)
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_TRAILER_BYTES => {
                         return Ok(Step::NeedMore);
                     }
                     _ => return Err(invalid("bad trailers")),
@@ -246,6 +249,55 @@ pub fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Step> {
             }
         }
     }
+}
+
+/// A chunk-size line at the start of `buf` (RFC 9112 §7.1): one to sixteen
+/// hex digits, then extensions (`;name=value`, which are ignored) of
+/// visible characters, spaces and tabs, then CRLF. The bytes it takes and
+/// the size; `None` while incomplete. Stricter than httparse, which takes
+/// a line without digits as size 0 and a bare LF inside extensions: where
+/// two parsers disagree on a body's end, requests can be smuggled.
+pub fn chunk_size(buf: &[u8]) -> io::Result<Option<(usize, u64)>> {
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits > 16 {
+        return Err(invalid("chunk size too large"));
+    }
+    let Some(line_end) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_SIZE_LINE {
+            return Err(invalid("chunk-size line too long"));
+        }
+        let rest = &buf[digits..];
+        let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+        return if ext_ok(rest) {
+            Ok(None)
+        } else {
+            Err(invalid("bad chunk size"))
+        };
+    };
+    if digits == 0 || line_end == 0 || buf[line_end - 1] != b'\r' || line_end > MAX_SIZE_LINE {
+        return Err(invalid("bad chunk size"));
+    }
+    if !ext_ok(&buf[digits..line_end - 1]) {
+        return Err(invalid("bad chunk extension"));
+    }
+    let mut size = 0u64;
+    for &b in &buf[..digits] {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        size = (size << 4) | u64::from(d);
+    }
+    Ok(Some((line_end + 1, size)))
+}
+
+/// Whether what follows a chunk size's digits can be extensions: nothing,
+/// or `;` (after optional spaces) and visible characters, spaces and tabs.
+fn ext_ok(ext: &[u8]) -> bool {
+    let is_ext_byte = |b: &u8| *b == b'\t' || (b' '..=b'~').contains(b) || *b >= 0x80;
+    let first = ext.iter().find(|&&b| b != b' ' && b != b'\t');
+    matches!(first, None | Some(b';')) && ext.iter().all(is_ext_byte)
 }
 
 /// Up to `left` buffered bytes, if there are any.
@@ -312,6 +364,38 @@ mod tests {
         }
         // Short of its length: not ended.
         assert!(!run(b"01234", Framing::Length(10), 3).unwrap().2);
+    }
+
+    #[test]
+    fn chunk_size_lines_are_strict() {
+        for (line, expected) in [
+            (&b"5\r\n"[..], Some((3, 5))),
+            (b"1aF\r\n", Some((5, 0x1af))),
+            (b"5;name=value\r\n", Some((14, 5))),
+            (b"5 ;x\r\n", Some((6, 5))),
+            (b"ffffffffffffffff\r\n", Some((18, u64::MAX))),
+            (b"5", None),
+            (b"5;ext", None),
+            (b"5\r", None),
+        ] {
+            assert_eq!(chunk_size(line).unwrap(), expected, "{line:?}");
+        }
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b" \r\n",
+            b"5\n",
+            b"5;a\nb\r\n",
+            b"5;a\rb\r\n",
+            b"5x\r\n",
+            b"1ffffffffffffffff\r\n",
+            b"-5\r\n",
+            b"5;\x00\r\n",
+        ] {
+            assert!(chunk_size(bad).is_err(), "{bad:?}");
+        }
+        let long = [&b"5;"[..], &[b'a'; 2000]].concat();
+        assert!(chunk_size(&long).is_err());
     }
 
     #[test]

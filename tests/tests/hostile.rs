@@ -477,6 +477,39 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     app.join().await;
 }
 
+/// `Expect: 100-continue`: the client is told to send its body only when
+/// the body is read. A request answered before that (here a fault's 503)
+/// never gets the 100, so the client need not upload; one that goes
+/// upstream gets it, then its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_is_sent_only_when_the_body_is_wanted() {
+    let app = Backend::http1().spawn().await;
+    let (proxy, _good) = start("http1", app.addr(), "").await;
+    for (path, continued, status) in [("/abort", false, 503), ("/upload", true, 200)] {
+        let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+                     Expect: 100-continue\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let (head, _) = read_head(&mut stream).await;
+        if continued {
+            assert!(head.starts_with("HTTP/1.1 100"), "{path}: {head}");
+            stream.write_all(b"hello").await.unwrap();
+            let (head, _) = read_head(&mut stream).await;
+            assert_eq!(status_of(&head), Some(status), "{path}: {head}");
+        } else {
+            assert_eq!(status_of(&head), Some(status), "{path}: {head}");
+        }
+    }
+    app.join().await;
+}
+
 // === HTTP/2 ===
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -148,3 +148,27 @@ async fn an_upgrade_the_backend_refuses_stays_http() {
     assert_eq!(again.status, StatusCode::OK, "{again:?}");
     backend.join().await;
 }
+
+/// An upgrade request with a body (allowed for `h2c`, say) cannot switch on
+/// Skiff's HTTP/1 server, which lends the connection to the body: its
+/// `Upgrade` is a hop-by-hop header like any other and does not reach the
+/// backend, so no 101 can come back on a connection that stays HTTP. The
+/// answer is the backend's ordinary one (here its 400), and the connection
+/// goes on serving HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_with_a_body_is_not_switched() {
+    let backend = Backend::http1().route("/ws", upgrade_echo).spawn().await;
+    let proxy = Proxy::simple("auto", "http1", backend.addr()).await;
+    let mut stream = TcpStream::connect(proxy.main()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Content-Length: 5\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("upgrade"), "{head}");
+    backend.join().await;
+}

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRAILER, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use skiff_filters::Body;
@@ -68,8 +68,20 @@ const FLUSH_AT: usize = 32 * 1024;
 
 /// Serves one HTTP/1 connection until it closes, the client leaves, or the
 /// drain ends it: an idle connection closes as soon as the drain starts, a
-/// busy one answers its request with `connection: close`.
-pub async fn serve<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
+/// busy one answers its request with `connection: close`, and whatever is
+/// still going when the drain timeout passes is cut.
+pub async fn serve<I>(io: I, handler: Handler, drain: Watch, tunnels: Arc<Watch>)
+where
+    I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
+{
+    let mut cut = drain.clone();
+    tokio::select! {
+        () = serve_until_closed(io, handler, drain, tunnels) => {}
+        () = cut.terminated() => debug!("drain timeout: connection closed"),
+    }
+}
+
+async fn serve_until_closed<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
 where
     I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
@@ -82,6 +94,7 @@ where
     let listener = handler.listener.clone();
     let limits = listener.limits;
     let mut served = 0u64;
+    let mut draining = false;
     // One timer for every head of the connection, re-armed only when it
     // fires before the current head's deadline: registering a timer per
     // request and cancelling it costs more than the rest of reading a head.
@@ -98,7 +111,15 @@ where
         let read = tokio::select! {
             read = read_head(r, limits) => Ok(read),
             () = until(head_timer.as_mut(), deadline) => Err(()),
-            () = drain.draining() => return,
+            // Reading a head is cancel-safe: what was read stays in the
+            // buffer, and a head begun is finished and answered.
+            () = drain.draining(), if !draining => {
+                if r.buf.is_empty() {
+                    return;
+                }
+                draining = true;
+                continue;
+            }
         };
         let head = match read {
             Ok(Ok(head)) => head,
@@ -113,10 +134,8 @@ where
                     .metrics
                     .refused(&listener.name, refusal.counted_as);
                 handler.log_refusal(refusal.reason, refusal.message);
-                if let Some(r) = reader.take() {
-                    // Boxed, as every path the idle connection does not take.
-                    Box::pin(refuse(r, wr, refusal)).await;
-                }
+                // Boxed, as every path the idle connection does not take.
+                Box::pin(refuse(reader.take(), wr, refusal, listener.header_timeout)).await;
                 return;
             }
             Err(()) => {
@@ -141,27 +160,16 @@ where
             trailers: wants_trailers(&head.headers),
         };
         let mut req = Request::new(RequestBody::empty());
-        let framing = head.framing;
-        let lent = if framing == Framing::Length(0) {
-            None
-        } else {
-            if head.expects_continue
-                && wr
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            let (tx, rx) = oneshot::channel();
+        let mut lent = None;
+        let mut go_on = None;
+        if head.framing != Framing::Length(0) {
             let Some(r) = reader.take() else { return };
-            *req.body_mut() = RequestBody::own(ServerBody {
-                reader: Some(r),
-                framing,
-                back: Some(tx),
-            });
-            Some(rx)
-        };
+            let (body, lend, ended, asked) =
+                ServerBody::lend(r, head.framing, head.expects_continue);
+            *req.body_mut() = RequestBody::own(body);
+            lent = Some((lend, ended));
+            go_on = asked;
+        }
         let upgrade = if head.upgrade && lent.is_none() {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
@@ -177,24 +185,22 @@ where
 
         // The request's whole exchange is boxed, once: the connection's own
         // future, which an idle connection keeps, stays small.
-        let switchable = upgrade.is_some();
-        let exchange = Box::pin(exchange(
+        let done = Box::pin(exchange(
             handler.clone(),
             req,
             &tunnels,
             &mut wr,
             &mut out,
             ask,
-            switchable,
-        ));
-        let written = tokio::select! {
-            written = exchange => written,
-            () = drain.terminated() => return,
-        };
+            upgrade.is_some(),
+            go_on,
+        ))
+        .await;
         let Ok(Done {
             mut keep_alive,
             switching,
-        }) = written
+            unasked,
+        }) = done
         else {
             return;
         };
@@ -207,19 +213,32 @@ where
             }
             return;
         }
-        if let Some(rx) = lent {
-            match Box::pin(body_back(rx)).await {
-                Some((back, finished)) => {
-                    keep_alive &= finished;
-                    reader = Some(back);
-                }
-                None => keep_alive = false,
-            }
+        if let Some((lend, ended)) = lent {
+            // A client still waiting for `100 Continue` sends no body to
+            // read and throw away: the connection closes instead.
+            let (back, finished) = Box::pin(take_back(lend, ended, keep_alive && !unasked)).await;
+            keep_alive &= finished;
+            reader = back;
         }
         if !keep_alive {
-            let _ = wr.shutdown().await;
+            Box::pin(close(reader.take(), wr, listener.header_timeout)).await;
             return;
         }
+    }
+}
+
+/// Closes a connection after its last answer: the write side first, so the
+/// client sees the end at once, then what it still sends is read for a
+/// moment ([`linger`]), so that unread bytes do not reset the connection
+/// before the client has read the answer. Bounded by `within`.
+async fn close<I: AsyncRead + AsyncWrite>(
+    reader: Option<Reader<I>>,
+    mut wr: WriteHalf<I>,
+    within: std::time::Duration,
+) {
+    let _ = tokio::time::timeout(within, wr.shutdown()).await;
+    if let Some(r) = reader {
+        linger(r).await;
     }
 }
 
@@ -244,10 +263,19 @@ struct Done {
     keep_alive: bool,
     /// The answer was 101 to a request that asked to switch protocols.
     switching: bool,
+    /// The request expected `100 Continue` and was answered without it.
+    unasked: bool,
 }
 
+/// What a client waiting to send its body is told once the body is read.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// One request through `Handler::handle`, and its answer written. A
-/// drain that started meanwhile closes the connection after it.
+/// drain that started meanwhile closes the connection after it. A request
+/// that expects `100 Continue` gets it when its body is first read (`go_on`
+/// fires), as hyper did: an answer that comes first (a refusal, a 404)
+/// spares the client the upload.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<W: AsyncWrite + Unpin>(
     handler: Handler,
     req: Request<RequestBody>,
@@ -256,17 +284,46 @@ async fn exchange<W: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     mut ask: Asked,
     switchable: bool,
+    go_on: Option<oneshot::Receiver<()>>,
 ) -> io::Result<Done> {
-    let rsp = handler.handle(req, tunnels).await;
+    let mut unasked = false;
+    let mut rsp = match go_on {
+        None => handler.handle(req, tunnels).await,
+        Some(mut asked) => {
+            let answer = handler.handle(req, tunnels);
+            tokio::pin!(answer);
+            tokio::select! {
+                rsp = &mut answer => {
+                    unasked = true;
+                    rsp
+                }
+                Ok(()) = &mut asked => {
+                    wr.write_all(CONTINUE).await?;
+                    answer.await
+                }
+            }
+        }
+    };
     ask.keep_alive &= !tunnels.is_draining();
-    let switching = switchable && rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let status = rsp.status();
+    let switching = switchable && status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         ask.keep_alive = true;
+    } else if status.is_informational() {
+        // An interim answer as the final one (a 101 to a request that did
+        // not ask to switch, a 100): the exchange has no answer to give.
+        rsp = error::reply(
+            Reason::UpstreamReset,
+            "the upstream answered with an interim status",
+            false,
+        );
+        ask.keep_alive = false;
     }
     let keep_alive = respond(wr, out, rsp, &ask).await?;
     Ok(Done {
         keep_alive,
         switching,
+        unasked,
     })
 }
 
@@ -441,12 +498,16 @@ fn poll_fill<I: AsyncRead>(
 /// §2.2). `slots` is one more than the fields allowed, so that one too
 /// many is told from a parse error.
 fn parse_head(buf: &mut BytesMut, slots: usize) -> Result<Option<Head>, HeadError> {
-    let blank = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    buf.advance(blank);
-    if buf.is_empty() {
+    loop {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+        } else if buf.starts_with(b"\n") {
+            buf.advance(1);
+        } else {
+            break;
+        }
+    }
+    if buf.is_empty() || buf[..] == b"\r"[..] {
         return Ok(None);
     }
     let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
@@ -555,33 +616,74 @@ fn parse_head(buf: &mut BytesMut, slots: usize) -> Result<Option<Head>, HeadErro
 
 // === request bodies ===
 
-/// A request body, read from its connection by whoever polls it. At its
-/// end, or when dropped, the connection's reader goes back to the
-/// connection with the framing's state.
-struct ServerBody<I> {
-    reader: Option<Reader<I>>,
-    framing: Framing,
-    back: Option<oneshot::Sender<Lent<I>>>,
+/// A request body's hold on its connection's read side. The body reads
+/// through it from whichever task polls it; the connection takes the reader
+/// back once the body has ended, or when it gives up waiting for that, after
+/// which the body fails (the client's connection is gone from under it).
+struct Lend<I> {
+    slot: std::sync::Mutex<Option<(Reader<I>, Framing)>>,
 }
 
-/// A reader coming back from a request body.
-struct Lent<I> {
-    reader: Reader<I>,
-    framing: Framing,
+impl<I> Lend<I> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Reader<I>, Framing)>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
+
+/// A request body, read from its connection by whoever polls it.
+struct ServerBody<I> {
+    lend: Arc<Lend<I>>,
+    /// Told when the body has ended, failed, or is dropped.
+    ended: Option<oneshot::Sender<()>>,
+    /// Told at the first read that must wait for the client: the moment a
+    /// client expecting `100 Continue` is to get it.
+    go_on: Option<oneshot::Sender<()>>,
+    /// The body has ended, or failed (and says so again if polled again).
+    done: bool,
+    failed: bool,
+}
+
+type Lent<I> = (
+    ServerBody<I>,
+    Arc<Lend<I>>,
+    oneshot::Receiver<()>,
+    Option<oneshot::Receiver<()>>,
+);
 
 impl<I: AsyncRead> ServerBody<I> {
-    fn give_back(&mut self) {
-        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
-            let _ = back.send(Lent {
-                reader,
-                framing: self.framing,
-            });
+    /// Lends `reader` to a body framed by `framing`.
+    fn lend(reader: Reader<I>, framing: Framing, expects_continue: bool) -> Lent<I> {
+        let lend = Arc::new(Lend {
+            slot: std::sync::Mutex::new(Some((reader, framing))),
+        });
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let (go_on, asked) = if expects_continue {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let body = ServerBody {
+            lend: lend.clone(),
+            ended: Some(ended_tx),
+            go_on,
+            done: false,
+            failed: false,
+        };
+        (body, lend, ended_rx, asked)
+    }
+
+    fn end(&mut self) {
+        self.done = true;
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
         }
     }
 
-    fn done(&self) -> bool {
-        self.framing.done()
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.failed = true;
+        self.end();
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -594,140 +696,162 @@ impl<I: AsyncRead> http_body::Body for ServerBody<I> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Some(Err(io::Error::other(
+                "the request body already failed",
+            ))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let lend = this.lend.clone();
+        let mut slot = lend.lock();
+        let Some((r, framing)) = slot.as_mut() else {
+            drop(slot);
+            return this.fail(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client's connection closed before its body was read",
+            ));
+        };
         loop {
-            let Some(r) = this.reader.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match h1::decode(&mut r.buf, &mut this.framing) {
+            match h1::decode(&mut r.buf, framing) {
                 Ok(Step::Frame(frame)) => {
-                    if this.done() {
-                        this.give_back();
+                    if framing.done() {
+                        drop(slot);
+                        this.end();
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Ok(Step::End) => {
-                    this.give_back();
+                    drop(slot);
+                    this.end();
                     return Poll::Ready(None);
                 }
                 Ok(Step::NeedMore) => {
+                    if let Some(tx) = this.go_on.take() {
+                        let _ = tx.send(());
+                    }
                     r.buf.reserve(READ_CHUNK);
                     match ready!(poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf)) {
                         Ok(0) => {
-                            this.give_back();
-                            return Poll::Ready(Some(Err(io::Error::new(
+                            drop(slot);
+                            return this.fail(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
                                 "the client closed before the request body's end",
-                            ))));
+                            ));
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            this.give_back();
-                            return Poll::Ready(Some(Err(e)));
+                            drop(slot);
+                            return this.fail(e);
                         }
                     }
                 }
                 Err(e) => {
-                    this.give_back();
-                    return Poll::Ready(Some(Err(e)));
+                    drop(slot);
+                    return this.fail(e);
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.reader.is_none() || self.done()
+        self.done && !self.failed
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.framing.size_hint()
+        self.lend
+            .lock()
+            .as_ref()
+            .map_or_else(SizeHint::default, |(_, framing)| framing.size_hint())
     }
 }
 
 impl<I> Drop for ServerBody<I> {
     fn drop(&mut self) {
-        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
-            let _ = back.send(Lent {
-                reader,
-                framing: self.framing,
-            });
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
         }
     }
 }
 
-/// Waits for a lent reader to come back: at once, usually, since the
-/// upstream read the body before it answered. A body still held elsewhere
-/// after `RequestBody::DRAIN_TIME` costs the connection. With the reader
-/// comes whether what was left of the body could be read and thrown away
-/// ([`Lent::finish`]), so that the connection can serve another request.
-async fn body_back<I: AsyncRead>(mut rx: oneshot::Receiver<Lent<I>>) -> Option<(Reader<I>, bool)> {
-    let mut lent = match rx.try_recv() {
-        Ok(lent) => lent,
-        Err(oneshot::error::TryRecvError::Closed) => return None,
-        Err(oneshot::error::TryRecvError::Empty) => {
-            tokio::time::timeout(RequestBody::DRAIN_TIME, rx)
-                .await
-                .ok()?
-                .ok()?
+/// Takes a lent reader back once its body has ended: at once, usually,
+/// since the upstream read the body before it answered. A body still
+/// held elsewhere after `RequestBody::DRAIN_TIME` loses the reader (it
+/// fails if polled again). With `finish`, what is left of an unread body
+/// is read and thrown away, within `RequestBody::DRAIN_BYTES` and
+/// `DRAIN_TIME`; whether the connection can serve another request.
+async fn take_back<I: AsyncRead>(
+    lend: Arc<Lend<I>>,
+    mut ended: oneshot::Receiver<()>,
+    finish: bool,
+) -> (Option<Reader<I>>, bool) {
+    if finish && matches!(ended.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+        let _ = tokio::time::timeout(RequestBody::DRAIN_TIME, &mut ended).await;
+    }
+    let Some((mut r, mut framing)) = lend.lock().take() else {
+        return (None, false);
+    };
+    if framing.done() {
+        return (Some(r), true);
+    }
+    if !finish {
+        return (Some(r), false);
+    }
+    let mut read = 0usize;
+    let rest = async {
+        loop {
+            match h1::decode(&mut r.buf, &mut framing) {
+                Ok(Step::End) => return true,
+                Ok(Step::Frame(f)) => {
+                    read += f.data_ref().map_or(0, Bytes::len);
+                    if read > RequestBody::DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                Ok(Step::NeedMore) => {
+                    r.buf.reserve(READ_CHUNK);
+                    let n = std::future::poll_fn(|cx| {
+                        poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf)
+                    })
+                    .await;
+                    if !matches!(n, Ok(n) if n > 0) {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
         }
     };
-    let finished = lent.finish().await;
-    Some((lent.reader, finished))
+    let finished = tokio::time::timeout(RequestBody::DRAIN_TIME, rest)
+        .await
+        .unwrap_or(false);
+    (Some(r), finished)
 }
 
-impl<I: AsyncRead> Lent<I> {
-    /// Reads and throws away what is left of an unread body, within
-    /// `RequestBody::DRAIN_BYTES` and `DRAIN_TIME`; whether the connection
-    /// can serve another request.
-    async fn finish(&mut self) -> bool {
-        let mut read = 0usize;
-        let rest = async {
-            loop {
-                match h1::decode(&mut self.reader.buf, &mut self.framing) {
-                    Ok(Step::End) => return true,
-                    Ok(Step::Frame(f)) => {
-                        read += f.data_ref().map_or(0, Bytes::len);
-                        if read > RequestBody::DRAIN_BYTES {
-                            return false;
-                        }
-                    }
-                    Ok(Step::NeedMore) => {
-                        let r = &mut self.reader;
-                        r.buf.reserve(READ_CHUNK);
-                        let n = std::future::poll_fn(|cx| {
-                            poll_read_buf(Pin::new(&mut r.io), cx, &mut r.buf)
-                        })
-                        .await;
-                        if !matches!(n, Ok(n) if n > 0) {
-                            return false;
-                        }
-                    }
-                    Err(_) => return false,
-                }
-            }
-        };
-        tokio::time::timeout(RequestBody::DRAIN_TIME, rest)
-            .await
-            .unwrap_or(false)
-    }
-}
-
-/// Answers a refused head, then closes.
-async fn refuse<I: AsyncRead + AsyncWrite>(r: Reader<I>, mut wr: WriteHalf<I>, refusal: Refusal) {
+/// Answers a refused head, then closes, within `within`.
+async fn refuse<I: AsyncRead + AsyncWrite>(
+    r: Option<Reader<I>>,
+    mut wr: WriteHalf<I>,
+    refusal: Refusal,
+    within: std::time::Duration,
+) {
     let mut rsp = error::reply(refusal.reason, refusal.message, false);
     *rsp.status_mut() = refusal.status;
-    if respond(&mut wr, &mut Vec::new(), rsp, &Asked::closing())
-        .await
-        .is_ok()
-    {
-        linger(r, wr).await;
+    let answered = tokio::time::timeout(
+        within,
+        respond(&mut wr, &mut Vec::new(), rsp, &Asked::closing()),
+    )
+    .await;
+    if matches!(answered, Ok(Ok(_))) {
+        close(r, wr, within).await;
     }
 }
 
-/// After a refusal: reads what the client is still sending, for a moment,
-/// so that closing with unread bytes does not reset the connection before
-/// the client has read the answer.
-async fn linger<I: AsyncRead + AsyncWrite>(mut r: Reader<I>, mut wr: WriteHalf<I>) {
-    let _ = wr.shutdown().await;
+/// After the last answer: reads what the client is still sending, for a
+/// moment, so that closing with unread bytes does not reset the connection
+/// before the client has read the answer.
+async fn linger<I: AsyncRead>(mut r: Reader<I>) {
     let rest = async {
         let mut read = 0usize;
         loop {
@@ -799,9 +923,16 @@ async fn respond<W: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // No length on an interim answer or a 204 (RFC 9110 §8.6); an answer
+    // to HEAD keeps the one it states, or says the one Skiff knows.
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let head_length = (ask.head && !parts.headers.contains_key(CONTENT_LENGTH))
+        .then(|| body.size_hint().exact())
+        .flatten()
+        .filter(|&n| n > 0);
     for (name, value) in &parts.headers {
-        let framed_here =
-            name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && framing != Out::None);
+        let framed_here = name == TRANSFER_ENCODING
+            || (name == CONTENT_LENGTH && (framing != Out::None || bodiless));
         if framed_here || (name == CONNECTION && !switching) {
             continue;
         }
@@ -822,7 +953,14 @@ async fn respond<W: AsyncWrite + Unpin>(
             out.extend_from_slice(b"\r\n");
         }
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Out::None | Out::Close => {}
+        Out::None => {
+            if let Some(n) = head_length {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Out::Close => {}
     }
     if !switching {
         if !keep_alive {
@@ -893,7 +1031,13 @@ async fn respond<W: AsyncWrite + Unpin>(
             if ask.trailers
                 && let Some(t) = &trailers
             {
+                // Only fields the answer's `Trailer` header announced, and
+                // none that frames, routes or controls a message (RFC 9110
+                // §6.5.1), as hyper.
                 for (name, value) in t {
+                    if !announced(&parts.headers, name) || !fit_for_trailers(name) {
+                        continue;
+                    }
                     out.extend_from_slice(name.as_str().as_bytes());
                     out.extend_from_slice(b": ");
                     out.extend_from_slice(value.as_bytes());
@@ -912,6 +1056,45 @@ async fn respond<W: AsyncWrite + Unpin>(
     }
     write_out(wr, out).await?;
     Ok(keep_alive)
+}
+
+/// Whether the `Trailer` header of an answer names `name`.
+fn announced(headers: &HeaderMap, name: &http::HeaderName) -> bool {
+    headers.get_all(TRAILER).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+    })
+}
+
+/// Whether a field may travel in trailers: not one that frames, routes,
+/// authenticates or controls the message.
+fn fit_for_trailers(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    ![
+        AUTHORIZATION,
+        CACHE_CONTROL,
+        CONNECTION,
+        CONTENT_ENCODING,
+        CONTENT_LENGTH,
+        CONTENT_RANGE,
+        CONTENT_TYPE,
+        EXPECT,
+        HOST,
+        MAX_FORWARDS,
+        PRAGMA,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        RANGE,
+        SET_COOKIE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        WWW_AUTHENTICATE,
+    ]
+    .contains(name)
 }
 
 /// `n` in hex, as a chunk-size line starts.

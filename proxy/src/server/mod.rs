@@ -160,14 +160,15 @@ impl Handler {
             }
             return finish(stamp(rsp, &request_id), rec);
         }
-        let upgrading = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let downstream_upgrade = if upgrading {
-            req.extensions_mut()
-                .remove::<h1::OnUpgrade>()
-                .and_then(|u| u.take())
-        } else {
-            None
-        };
+        // Only a connection that can switch protocols (Skiff's HTTP/1
+        // server marks a request without a body that asks to) forwards
+        // the ask: otherwise `Upgrade` goes as the hop-by-hop header it is,
+        // and no upstream can answer 101 on a connection that stays HTTP.
+        let downstream_upgrade = req
+            .extensions_mut()
+            .remove::<h1::OnUpgrade>()
+            .and_then(|u| u.take());
+        let upgrading = downstream_upgrade.is_some();
         headers::strip_hop_by_hop(req.headers_mut(), upgrading);
         debug!(
             listener = %self.listener.name,
