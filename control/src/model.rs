@@ -184,6 +184,11 @@ pub struct Listener {
     /// `header_timeout` for their next request. Above zero.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// How long a request or response body may go without a byte while it streams
+    /// before the request fails (a stalled upload: 400 `bad-request`; a stalled
+    /// download: the response is cut). Envoy's `stream_idle_timeout`. Above zero.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
     /// Largest request head accepted, in KiB; a larger one gets 431 `bad-request`.
     /// Counts header names and values plus method and target; 1 to 8192, HTTP/1 and HTTP/2.
     #[serde(default = "default_max_request_headers_kb")]
@@ -227,6 +232,11 @@ pub struct Listener {
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Envoy's `stream_idle_timeout` default.
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Envoy's `idle_timeout` default for downstream connections.

@@ -232,6 +232,12 @@ impl Checker {
                     "timeout 0s: a timeout is above zero",
                 );
             }
+            if l.stream_idle_timeout.0.is_zero() {
+                self.at_value(
+                    &format!("{at}.stream_idle_timeout"),
+                    "timeout 0s: a timeout is above zero",
+                );
+            }
             if l.idle_timeout.0.is_zero() {
                 self.at_value(
                     &format!("{at}.idle_timeout"),

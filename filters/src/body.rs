@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -42,7 +43,8 @@ pub enum Body {
     /// record: hyper's, or the inline HTTP/1 client's (`Boxed`). Boxed with
     /// its 144-byte recorder, so that every `Body`, and every request and
     /// response moved through the layers, stays small (56 bytes, not 152).
-    Recorded(Box<(Body, Recorder)>),
+    /// With it, the listener's `stream_idle_timeout` ([`IdleBound`]).
+    Recorded(Box<(Body, Recorder, Option<IdleBound>)>),
     /// A request body that a retry can send again; see [`ReplayBody`].
     Replay(ReplayBody),
     /// A response body whose first frames were read ahead (to see a gRPC
@@ -78,11 +80,12 @@ impl Body {
 
     /// Lets `rec` ride in the body so the request is recorded when the body
     /// ends, with the `grpc-status` of the trailers. Bodies that can't carry
-    /// a recorder (ones Skiff made) record now.
-    pub fn with_recorder(self, mut rec: Recorder) -> Body {
+    /// a recorder (ones Skiff made) record now. A body streaming from the
+    /// upstream that yields nothing for `idle` fails ([`IdleBound`]).
+    pub fn with_recorder(self, mut rec: Recorder, idle: Option<Duration>) -> Body {
         match self {
             streamed @ (Body::Incoming(_) | Body::Boxed(_)) => {
-                Body::Recorded(Box::new((streamed, rec)))
+                Body::Recorded(Box::new((streamed, rec, idle.map(IdleBound::new))))
             }
             Body::Peeked { frames, rest } => {
                 for t in frames.iter().filter_map(Frame::trailers_ref) {
@@ -90,11 +93,11 @@ impl Body {
                 }
                 Body::Peeked {
                     frames,
-                    rest: Box::new(rest.with_recorder(rec)),
+                    rest: Box::new(rest.with_recorder(rec, idle)),
                 }
             }
             Body::Guarded(inner, permit) => {
-                Body::Guarded(Box::new(inner.with_recorder(rec)), permit)
+                Body::Guarded(Box::new(inner.with_recorder(rec, idle)), permit)
             }
             // The deadline may end the body with trailers of its own, which
             // the recorder must see: it rides outside, beside the timer.
@@ -137,14 +140,27 @@ impl http_body::Body for Body {
                     .into()
             }),
             Body::Recorded(pair) => {
-                let (b, rec) = &mut **pair;
+                let (b, rec, idle) = &mut **pair;
                 let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        rec.observe_trailers(trailers);
-                    } else if let Some(data) = frame.data_ref() {
-                        rec.observe_data(data.len());
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            rec.observe_trailers(trailers);
+                        } else if let Some(data) = frame.data_ref() {
+                            rec.observe_data(data.len());
+                        }
+                        if let Some(idle) = idle {
+                            idle.active();
+                        }
                     }
+                    Poll::Pending => {
+                        if let Some(idle) = idle
+                            && idle.poll_stalled(cx).is_ready()
+                        {
+                            return Poll::Ready(Some(Err(IdleBound::error("the response body"))));
+                        }
+                    }
+                    Poll::Ready(_) => {}
                 }
                 polled
             }
@@ -232,6 +248,8 @@ pub struct RequestBody {
     inner: Option<Source>,
     /// Where bytes read are noted, for the access log (only when one is on).
     counted: Option<Arc<crate::telemetry::RequestContext>>,
+    /// The listener's `stream_idle_timeout`, once set.
+    idle: Option<IdleBound>,
 }
 
 /// Where a request body's bytes come from.
@@ -254,6 +272,7 @@ impl RequestBody {
         Self {
             inner: Some(Source::Hyper(body)),
             counted: None,
+            idle: None,
         }
     }
 
@@ -262,6 +281,7 @@ impl RequestBody {
         Self {
             inner: None,
             counted: None,
+            idle: None,
         }
     }
 
@@ -274,6 +294,7 @@ impl RequestBody {
         Self {
             inner: Some(Source::Own(body.map_err(BoxError::from).boxed())),
             counted: None,
+            idle: None,
         }
     }
 
@@ -283,16 +304,39 @@ impl RequestBody {
         self
     }
 
+    /// Fails the body when the client sends nothing of it for `after`
+    /// while it is being read (the listener's `stream_idle_timeout`). A
+    /// body that is already whole pays nothing.
+    pub fn idle_after(mut self, after: Duration) -> Self {
+        if !self.is_end_stream() {
+            self.idle = Some(IdleBound::new(after));
+        }
+        self
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match self.inner.as_mut() {
             Some(Source::Hyper(b)) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Some(Source::Own(b)) => Pin::new(b).poll_frame(cx),
             None => return Poll::Ready(None),
         };
-        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&self.counted, &polled)
-            && let Some(data) = frame.data_ref()
-        {
-            counter.read(data.len());
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(counter), Some(data)) = (&self.counted, frame.data_ref()) {
+                    counter.read(data.len());
+                }
+                if let Some(idle) = &mut self.idle {
+                    idle.active();
+                }
+            }
+            Poll::Pending => {
+                if let Some(idle) = &mut self.idle
+                    && idle.poll_stalled(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(IdleBound::error("the request body"))));
+                }
+            }
+            Poll::Ready(_) => {}
         }
         polled
     }
@@ -345,6 +389,61 @@ impl Drop for RequestBody {
             };
             let _ = tokio::time::timeout(Self::DRAIN_TIME, drained).await;
         });
+    }
+}
+
+// === impl IdleBound ===
+
+/// A body that must not stall: one that yields nothing for `after` while
+/// it is polled fails (the listener's `stream_idle_timeout`, as Envoy's).
+///
+/// Cheap on the data path: a frame notes the time (no timer touched); the
+/// timer is made at the body's first wait, and moved on only when it fires
+/// before the current deadline.
+#[derive(Debug)]
+pub struct IdleBound {
+    after: Duration,
+    last: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBound {
+    pub fn new(after: Duration) -> Self {
+        Self {
+            after,
+            last: tokio::time::Instant::now(),
+            sleep: None,
+        }
+    }
+
+    fn active(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// Ready once the body has yielded nothing for `after`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.last + self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if sleep.is_elapsed() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Poll::Ready(());
+                }
+                // It fired for an earlier deadline: the body moved since.
+                sleep.as_mut().reset(deadline);
+            }
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
+    }
+
+    fn error(what: &str) -> BoxError {
+        ProxyError::new(
+            Reason::Timeout,
+            format!("{what} stalled for the listener's stream_idle_timeout"),
+        )
+        .into()
     }
 }
 

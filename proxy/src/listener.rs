@@ -117,6 +117,7 @@ impl ListenerState {
                         header_timeout: l.header_timeout.get(),
                         limits: protocol::HeadLimits::of(l),
                         idle_timeout: l.idle_timeout.get(),
+                        stream_idle_timeout: l.stream_idle_timeout.get(),
                     }),
                     peer: None,
                     xfcc: None,

@@ -510,6 +510,67 @@ async fn continue_is_sent_only_when_the_body_is_wanted() {
     app.join().await;
 }
 
+/// `stream_idle_timeout` (200ms here): an upload that stalls mid-body fails
+/// with 400 `bad-request`, and a download whose upstream stalls mid-body is
+/// cut (the HTTP/1 connection closes before the body's end). Without it both
+/// would hold their connections for as long as the peer liked: neither
+/// route has a `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_stall_are_cut_by_the_stream_idle_timeout() {
+    let app = Backend::http1().spawn().await;
+    // An upstream that sends a head and 5 of 100 bytes, then nothing.
+    let stalling = TcpServer::spawn(|mut stream: TcpStream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+            .await;
+        // Hold the connection open until the proxy closes it.
+        let _ = stream.read(&mut buf).await;
+    })
+    .await;
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, stream_idle_timeout: 200ms, routes: main }}
+routes:
+  main:
+    - match: {{ path: {{ prefix: /download }} }}
+      cluster: stalling
+    - cluster: app
+clusters:
+  app: {{ endpoints: [{app}] }}
+  stalling: {{ endpoints: [{stalling}] }}
+"#,
+        app = app.addr(),
+        stalling = stalling.addr()
+    );
+    let proxy = Proxy::start(&config).await;
+
+    let mut upload = TcpStream::connect(proxy.main()).await.unwrap();
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut upload).await;
+    assert_eq!(status_of(&head), Some(400), "{head}");
+    assert!(head.contains("skiff-error: bad-request"), "{head}");
+
+    let mut download = TcpStream::connect(proxy.main()).await.unwrap();
+    download
+        .write_all(b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8_lossy(&read_to_close(&mut download).await).into_owned();
+    assert_eq!(status_of(&got), Some(200), "{got:?}");
+    assert!(
+        got.ends_with("\r\n\r\nhello"),
+        "cut after what came: {got:?}"
+    );
+    app.join().await;
+}
+
 // === HTTP/2 ===
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

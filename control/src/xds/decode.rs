@@ -184,6 +184,7 @@ fn listener(mut l: xl::Listener, r: &mut Refusals<'_>) -> Option<model::Listener
         protocol: model::ListenerProtocol::Auto,
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(3600),
+        stream_idle_timeout: Duration::from_secs(300),
         max_request_headers_kb: 60,
         max_request_headers_count: 100,
         max_connections: None,
@@ -356,6 +357,10 @@ fn connection_manager(
     if let Some(t) = m.request_headers_timeout.take() {
         out.header_timeout = duration(Some(t), &format!("{at}.request_headers_timeout"), r)
             .unwrap_or(out.header_timeout);
+    }
+    if let Some(t) = m.stream_idle_timeout.take() {
+        out.stream_idle_timeout = duration(Some(t), &format!("{at}.stream_idle_timeout"), r)
+            .unwrap_or(out.stream_idle_timeout);
     }
     if let Some(kb) = m.max_request_headers_kb.take() {
         out.max_request_headers_kb = kb.value;

@@ -254,6 +254,7 @@ fn connection_manager(l: &model::Listener) -> hcm::HttpConnectionManager {
         }),
         http_filters: http_filters(),
         request_headers_timeout: Some(duration(l.header_timeout)),
+        stream_idle_timeout: Some(duration(l.stream_idle_timeout)),
         max_request_headers_kb: u32v(l.max_request_headers_kb),
         common_http_protocol_options: Some(core::HttpProtocolOptions {
             max_headers_count: u32v(l.max_request_headers_count),

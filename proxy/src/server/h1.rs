@@ -70,18 +70,7 @@ const FLUSH_AT: usize = 32 * 1024;
 /// drain ends it: an idle connection closes as soon as the drain starts, a
 /// busy one answers its request with `connection: close`, and whatever is
 /// still going when the drain timeout passes is cut.
-pub async fn serve<I>(io: I, handler: Handler, drain: Watch, tunnels: Arc<Watch>)
-where
-    I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
-{
-    let mut cut = drain.clone();
-    tokio::select! {
-        () = serve_until_closed(io, handler, drain, tunnels) => {}
-        () = cut.terminated() => debug!("drain timeout: connection closed"),
-    }
-}
-
-async fn serve_until_closed<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
+pub async fn serve<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
 where
     I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
@@ -135,7 +124,8 @@ where
                     .refused(&listener.name, refusal.counted_as);
                 handler.log_refusal(refusal.reason, refusal.message);
                 // Boxed, as every path the idle connection does not take.
-                Box::pin(refuse(reader.take(), wr, refusal, listener.header_timeout)).await;
+                let refused = refuse(reader.take(), wr, refusal, listener.header_timeout);
+                Box::pin(cut_at(&mut drain, refused)).await;
                 return;
             }
             Err(()) => {
@@ -185,22 +175,25 @@ where
 
         // The request's whole exchange is boxed, once: the connection's own
         // future, which an idle connection keeps, stays small.
-        let done = Box::pin(exchange(
-            handler.clone(),
-            req,
-            &tunnels,
-            &mut wr,
-            &mut out,
-            ask,
-            upgrade.is_some(),
-            go_on,
+        let done = Box::pin(cut_at(
+            &mut drain,
+            exchange(
+                handler.clone(),
+                req,
+                &tunnels,
+                &mut wr,
+                &mut out,
+                ask,
+                upgrade.is_some(),
+                go_on,
+            ),
         ))
         .await;
-        let Ok(Done {
+        let Some(Ok(Done {
             mut keep_alive,
             switching,
             unasked,
-        }) = done
+        })) = done
         else {
             return;
         };
@@ -216,13 +209,31 @@ where
         if let Some((lend, ended)) = lent {
             // A client still waiting for `100 Continue` sends no body to
             // read and throw away: the connection closes instead.
-            let (back, finished) = Box::pin(take_back(lend, ended, keep_alive && !unasked)).await;
+            let back = take_back(lend, ended, keep_alive && !unasked);
+            let Some((back, finished)) = Box::pin(cut_at(&mut drain, back)).await else {
+                return;
+            };
             keep_alive &= finished;
             reader = back;
         }
         if !keep_alive {
-            Box::pin(close(reader.take(), wr, listener.header_timeout)).await;
+            let closed = close(reader.take(), wr, listener.header_timeout);
+            Box::pin(cut_at(&mut drain, closed)).await;
             return;
+        }
+    }
+}
+
+/// Runs `work` until the drain timeout passes, which cuts it. Every await
+/// of a connection that a client can stretch (writing to one that does not
+/// read, waiting for its body) runs under it, so no client holds the
+/// process's shutdown; the idle wait needs none (the drain's start ends it).
+async fn cut_at<F: Future>(drain: &mut Watch, work: F) -> Option<F::Output> {
+    tokio::select! {
+        out = work => Some(out),
+        () = drain.terminated() => {
+            debug!("drain timeout: connection closed");
+            None
         }
     }
 }
@@ -612,6 +623,30 @@ fn parse_head(buf: &mut BytesMut, slots: usize) -> Result<Option<Head>, HeadErro
         upgrade,
         expects_continue,
     }))
+}
+
+/// What parsing `bytes` as the start of a request head decides, in a form
+/// that can be compared: `None` while incomplete, the head's parts, or the
+/// refusal's status and counted reason. For the `h1` fuzz target, which
+/// checks that reading a head in pieces decides what reading it whole does.
+#[doc(hidden)]
+pub fn parse_outcome(bytes: &[u8], slots: usize) -> Option<Result<String, (u16, &'static str)>> {
+    match parse_head(&mut BytesMut::from(bytes), slots) {
+        Ok(None) => None,
+        Ok(Some(h)) => Some(Ok(format!(
+            "{} {} {:?} {:?} {:?} keep-alive {} upgrade {} continue {}",
+            h.method,
+            h.uri,
+            h.version,
+            h.headers,
+            h.framing,
+            h.keep_alive,
+            h.upgrade,
+            h.expects_continue
+        ))),
+        Err(HeadError::Refused(r)) => Some(Err((r.status.as_u16(), r.counted_as))),
+        Err(HeadError::Closed | HeadError::Io(_)) => Some(Err((0, "io"))),
+    }
 }
 
 // === request bodies ===

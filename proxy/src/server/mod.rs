@@ -48,6 +48,9 @@ pub struct ListenerCtx {
     /// `idle_timeout`: an HTTP/2 connection without a new request for this
     /// long is sent GOAWAY.
     pub idle_timeout: Duration,
+    /// `stream_idle_timeout`: a request or response body that yields
+    /// nothing for this long while it streams fails.
+    pub stream_idle_timeout: Duration,
 }
 
 /// Serves requests of one listener; cloned per connection (two `Arc`s,
@@ -158,7 +161,7 @@ impl Handler {
             if let Some(go_away) = &self.go_away {
                 go_away.notify_one();
             }
-            return finish(stamp(rsp, &request_id), rec);
+            return finish(stamp(rsp, &request_id), rec, &self.listener);
         }
         // Only a connection that can switch protocols (Skiff's HTTP/1
         // server marks a request without a body that asks to) forwards
@@ -221,12 +224,14 @@ impl Handler {
                     let detail = format!("no route for {} {}", req.method(), req.uri().path());
                     self.log_failure(Reason::NoRoute, ("", ""), request_id.as_str(), &detail);
                     let rsp = error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc);
-                    return finish(stamp(rsp, &request_id), rec);
+                    return finish(stamp(rsp, &request_id), rec, &self.listener);
                 }
             }
         };
 
+        let idle = self.listener.stream_idle_timeout;
         let req = req.map(|body| {
+            let body = body.idle_after(idle);
             Body::Request(match context {
                 Some(cx) => body.counted(cx),
                 None => body,
@@ -270,7 +275,7 @@ impl Handler {
                 tunnel(downstream, upstream, drain),
             ));
         }
-        finish(stamp(rsp, &request_id), rec)
+        finish(stamp(rsp, &request_id), rec, &self.listener)
     }
 }
 
@@ -491,9 +496,10 @@ fn stamp(mut rsp: Response<Body>, id: &RequestId) -> Response<Body> {
     rsp
 }
 
-fn finish(rsp: Response<Body>, mut rec: Recorder) -> Response<Body> {
+fn finish(rsp: Response<Body>, mut rec: Recorder, listener: &ListenerCtx) -> Response<Body> {
     rec.observe_head(rsp.status().as_u16(), rsp.headers());
-    rsp.map(|body| body.with_recorder(rec))
+    let idle = listener.stream_idle_timeout;
+    rsp.map(|body| body.with_recorder(rec, Some(idle)))
 }
 
 /// Relays bytes both ways once both sides agreed to switch protocols.
