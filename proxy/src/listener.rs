@@ -505,9 +505,8 @@ pub async fn run(
             (Serve::Http { servers, handler }, None) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());
                 handler.hold(&hold);
-                spawn_contained(cx, peer, hold, async move {
-                    server::serve_connection(stream, servers, handler, watch).await;
-                });
+                let task = server::serve_connection(stream, servers, handler, watch);
+                spawn_contained(cx, peer, hold, task);
             }
             (Serve::Http { servers, handler }, Some(tls)) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());

@@ -70,156 +70,125 @@ const FLUSH_AT: usize = 32 * 1024;
 /// drain ends it: an idle connection closes as soon as the drain starts, a
 /// busy one answers its request with `connection: close`, and whatever is
 /// still going when the drain timeout passes is cut.
-pub async fn serve<I>(io: I, handler: Handler, mut drain: Watch, tunnels: Arc<Watch>)
+///
+/// A function returning an `async` block rather than an `async fn`: an
+/// `async fn` keeps each argument twice in its state (as it came, and bound
+/// in the body), and this state is what every idle connection holds.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve<I>(
+    io: I,
+    handler: Handler,
+    mut drain: Watch,
+    tunnels: Arc<Watch>,
+) -> impl Future<Output = ()> + Send
 where
     I: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
-    let (rd, mut wr) = tokio::io::split(io);
-    let mut reader = Some(Reader {
-        io: rd,
-        buf: BytesMut::new(),
-    });
-    let mut out = Vec::new();
-    let listener = handler.listener.clone();
-    let limits = listener.limits;
-    let mut served = 0u64;
-    let mut draining = false;
-    // One timer for every head of the connection, re-armed only when it
-    // fires before the current head's deadline: registering a timer per
-    // request and cancelling it costs more than the rest of reading a head.
-    let head_timer = tokio::time::sleep(listener.header_timeout);
-    tokio::pin!(head_timer);
-    loop {
-        let Some(r) = reader.as_mut() else { return };
-        if r.buf.is_empty() {
-            // Idle until the next head: nothing held.
-            r.buf = BytesMut::new();
-            out = Vec::new();
-        }
-        let deadline = tokio::time::Instant::now() + listener.header_timeout;
-        let read = tokio::select! {
-            read = read_head(r, limits) => Ok(read),
-            () = until(head_timer.as_mut(), deadline) => Err(()),
-            // Reading a head is cancel-safe: what was read stays in the
-            // buffer, and a head begun is finished and answered.
-            () = drain.draining(), if !draining => {
-                if r.buf.is_empty() {
+    async move {
+        let (rd, mut wr) = tokio::io::split(io);
+        let mut reader = Some(Reader {
+            io: rd,
+            buf: BytesMut::new(),
+        });
+        let mut out = Vec::new();
+        let listener = handler.listener.clone();
+        let limits = listener.limits;
+        let mut served = 0u64;
+        let mut draining = false;
+        // One timer for every head of the connection, re-armed only when it
+        // fires before the current head's deadline: registering a timer per
+        // request and cancelling it costs more than the rest of reading a head.
+        let head_timer = tokio::time::sleep(listener.header_timeout);
+        tokio::pin!(head_timer);
+        loop {
+            let Some(r) = reader.as_mut() else { return };
+            if r.buf.is_empty() {
+                // Idle until the next head: nothing held.
+                r.buf = BytesMut::new();
+                out = Vec::new();
+            }
+            let deadline = tokio::time::Instant::now() + listener.header_timeout;
+            let read = tokio::select! {
+                read = read_head(r, limits) => Ok(read),
+                () = until(head_timer.as_mut(), deadline) => Err(()),
+                // Reading a head is cancel-safe: what was read stays in the
+                // buffer, and a head begun is finished and answered.
+                () = drain.draining(), if !draining => {
+                    if r.buf.is_empty() {
+                        return;
+                    }
+                    draining = true;
+                    continue;
+                }
+            };
+            let head = match read {
+                Ok(Ok(head)) => head,
+                other => {
+                    // Every other outcome ends the connection; `other` is
+                    // handed over whole, so nothing of it stays in this
+                    // future's state.
+                    let idle = reader.as_ref().is_none_or(|r| r.buf.is_empty());
+                    if let Some(refusal) = head_failed(other, &handler, served, idle) {
+                        // Boxed, as every path the idle connection does not take.
+                        let refused = refuse(reader.take(), wr, refusal, listener.header_timeout);
+                        Box::pin(cut_at(&mut drain, refused)).await;
+                    }
                     return;
                 }
-                draining = true;
-                continue;
-            }
-        };
-        let head = match read {
-            Ok(Ok(head)) => head,
-            Ok(Err(HeadError::Closed)) => return,
-            Ok(Err(HeadError::Io(e))) => {
-                debug!(error = %e, "downstream connection ended");
-                return;
-            }
-            Ok(Err(HeadError::Refused(refusal))) => {
-                handler
-                    .shared
-                    .metrics
-                    .refused(&listener.name, refusal.counted_as);
-                handler.log_refusal(refusal.reason, refusal.message);
-                // Boxed, as every path the idle connection does not take.
-                let refused = refuse(reader.take(), wr, refusal, listener.header_timeout);
-                Box::pin(cut_at(&mut drain, refused)).await;
-                return;
-            }
-            Err(()) => {
-                // A head begun and not finished, or a first one never sent;
-                // a keep-alive connection going quiet is no refusal.
-                if served == 0 || reader.as_ref().is_some_and(|r| !r.buf.is_empty()) {
-                    handler
-                        .shared
-                        .metrics
-                        .refused(&listener.name, "header-timeout");
-                }
-                debug!(listener = %listener.name, "no request head within header_timeout");
-                return;
-            }
-        };
-        served += 1;
-
-        let ask = Asked {
-            head: head.method == Method::HEAD,
-            version: head.version,
-            keep_alive: head.keep_alive,
-            trailers: wants_trailers(&head.headers),
-        };
-        let mut req = Request::new(RequestBody::empty());
-        let mut lent = None;
-        let mut go_on = None;
-        if head.framing != Framing::Length(0) {
-            let Some(r) = reader.take() else { return };
-            let (body, lend, ended, asked) =
-                ServerBody::lend(r, head.framing, head.expects_continue);
-            *req.body_mut() = RequestBody::own(body);
-            lent = Some((lend, ended));
-            go_on = asked;
-        }
-        let upgrade = if head.upgrade && lent.is_none() {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(OnUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
-            Some(tx)
-        } else {
-            None
-        };
-        *req.method_mut() = head.method;
-        *req.uri_mut() = head.uri;
-        *req.version_mut() = head.version;
-        *req.headers_mut() = head.headers;
-
-        // The request's whole exchange is boxed, once: the connection's own
-        // future, which an idle connection keeps, stays small.
-        let done = Box::pin(cut_at(
-            &mut drain,
-            exchange(
-                handler.clone(),
+            };
+            served += 1;
+            let Some(Begun {
                 req,
-                &tunnels,
-                &mut wr,
-                &mut out,
                 ask,
-                upgrade.is_some(),
+                lent,
                 go_on,
-            ),
-        ))
-        .await;
-        let Some(Ok(Done {
-            mut keep_alive,
-            switching,
-            unasked,
-        })) = done
-        else {
-            return;
-        };
-
-        if switching {
-            if let (Some(tx), Some(r)) = (upgrade, reader.take()) {
-                let rest = r.buf.freeze();
-                let io = r.io.unsplit(wr);
-                let _ = tx.send(Box::new(Rewind { rest, io }));
-            }
-            return;
-        }
-        if let Some((lend, ended)) = lent {
-            // A client still waiting for `100 Continue` sends no body to
-            // read and throw away: the connection closes instead.
-            let back = take_back(lend, ended, keep_alive && !unasked);
-            let Some((back, finished)) = Box::pin(cut_at(&mut drain, back)).await else {
+                upgrade,
+            }) = begin(head, &mut reader)
+            else {
                 return;
             };
-            keep_alive &= finished;
-            reader = back;
-        }
-        if !keep_alive {
-            let closed = close(reader.take(), wr, listener.header_timeout);
-            Box::pin(cut_at(&mut drain, closed)).await;
-            return;
+            // The request's whole exchange is boxed, once: the connection's own
+            // future, which an idle connection keeps, stays small.
+            let switchable = upgrade.is_some();
+            let done = Box::pin(cut_at(
+                &mut drain,
+                exchange(
+                    &handler, req, &tunnels, &mut wr, &mut out, ask, switchable, go_on,
+                ),
+            ))
+            .await;
+            let Some(Ok(Done {
+                mut keep_alive,
+                switching,
+                unasked,
+            })) = done
+            else {
+                return;
+            };
+
+            if switching {
+                if let (Some(tx), Some(r)) = (upgrade, reader.take()) {
+                    let rest = r.buf.freeze();
+                    let io = r.io.unsplit(wr);
+                    let _ = tx.send(Box::new(Rewind { rest, io }));
+                }
+                return;
+            }
+            if let Some((lend, ended)) = lent {
+                // A client still waiting for `100 Continue` sends no body to
+                // read and throw away: the connection closes instead.
+                let back = take_back(lend, ended, keep_alive && !unasked);
+                let Some((back, finished)) = Box::pin(cut_at(&mut drain, back)).await else {
+                    return;
+                };
+                keep_alive &= finished;
+                reader = back;
+            }
+            if !keep_alive {
+                let closed = close(reader.take(), wr, listener.header_timeout);
+                Box::pin(cut_at(&mut drain, closed)).await;
+                return;
+            }
         }
     }
 }
@@ -236,6 +205,107 @@ async fn cut_at<F: Future>(drain: &mut Watch, work: F) -> Option<F::Output> {
             None
         }
     }
+}
+
+/// What reading a head that failed means: counted and logged here; the
+/// refusal to answer, if there is one to give.
+fn head_failed(
+    outcome: Result<Result<Head, HeadError>, ()>,
+    handler: &Handler,
+    served: u64,
+    idle: bool,
+) -> Option<Refusal> {
+    let listener = &handler.listener;
+    match outcome {
+        Ok(Ok(_)) | Ok(Err(HeadError::Closed)) => None,
+        Ok(Err(HeadError::Io(e))) => {
+            debug!(error = %e, "downstream connection ended");
+            None
+        }
+        Ok(Err(HeadError::Refused(refusal))) => {
+            handler
+                .shared
+                .metrics
+                .refused(&listener.name, refusal.counted_as);
+            handler.log_refusal(refusal.reason, refusal.message);
+            Some(refusal)
+        }
+        Err(()) => {
+            // A head begun and not finished, or a first one never sent;
+            // a keep-alive connection going quiet is no refusal.
+            if served == 0 || !idle {
+                handler
+                    .shared
+                    .metrics
+                    .refused(&listener.name, "header-timeout");
+            }
+            debug!(listener = %listener.name, "no request head within header_timeout");
+            None
+        }
+    }
+}
+
+/// A request made from its head, ready for its exchange.
+struct Begun<I> {
+    req: Request<RequestBody>,
+    ask: Asked,
+    /// The body's hold on the reader, and its end, when it has a body.
+    lent: Option<(Arc<Lend<I>>, oneshot::Receiver<()>)>,
+    /// Fires when a client expecting `100 Continue` is to get it.
+    go_on: Option<oneshot::Receiver<()>>,
+    /// Where the connection goes if it switches protocols.
+    upgrade: Option<oneshot::Sender<Upgraded>>,
+}
+
+/// Makes the request of `head`, lending `reader` to its body if it has one.
+/// A plain function: the head and the request never sit in the connection
+/// future's state, which an idle connection keeps.
+fn begin<I: AsyncRead + Send + Sync + 'static>(
+    head: Head,
+    reader: &mut Option<Reader<I>>,
+) -> Option<Begun<I>> {
+    let Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        upgrade,
+        expects_continue,
+    } = head;
+    let ask = Asked {
+        head: method == Method::HEAD,
+        version,
+        keep_alive,
+        trailers: wants_trailers(&headers),
+    };
+    let mut req = Request::new(RequestBody::empty());
+    let (mut lent, mut go_on) = (None, None);
+    if framing != Framing::Length(0) {
+        let (body, lend, ended, asked) =
+            ServerBody::lend(reader.take()?, framing, expects_continue);
+        *req.body_mut() = RequestBody::own(body);
+        lent = Some((lend, ended));
+        go_on = asked;
+    }
+    let upgrade = (upgrade && lent.is_none()).then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut()
+            .insert(OnUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+        tx
+    });
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Some(Begun {
+        req,
+        ask,
+        lent,
+        go_on,
+        upgrade,
+    })
 }
 
 /// Closes a connection after its last answer: the write side first, so the
@@ -288,7 +358,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// spares the client the upload.
 #[allow(clippy::too_many_arguments)]
 async fn exchange<W: AsyncWrite + Unpin>(
-    handler: Handler,
+    handler: &Handler,
     req: Request<RequestBody>,
     tunnels: &Arc<Watch>,
     wr: &mut W,

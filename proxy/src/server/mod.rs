@@ -98,7 +98,11 @@ impl Handler {
 
     /// `drain` is the connection's: an upgraded connection outlives the
     /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
-    pub async fn handle(self, mut req: Request<RequestBody>, drain: &Arc<Watch>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut req: Request<RequestBody>,
+        drain: &Arc<Watch>,
+    ) -> Response<Body> {
         #[cfg(feature = "panic-probe")]
         if req.headers().contains_key("skiff-test-panic") {
             panic!("panic probe: the request asked for it");
@@ -534,60 +538,73 @@ async fn tunnel(downstream: h1::Switched, upstream: hyper::upgrade::OnUpgrade, m
 /// The connection first shows which HTTP version it speaks
 /// (`protocol::sniff`, bounded by `header_timeout`); a listener refuses a
 /// version it is not configured for (`protocol::admit`).
-pub async fn serve_connection<I>(io: I, servers: Arc<Servers>, handler: Handler, drain: Watch)
+///
+/// A function returning an `async` block, not an `async fn`, for the same
+/// reason as `h1::serve`: an idle connection's task keeps this state.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve_connection<I>(
+    io: I,
+    servers: Arc<Servers>,
+    handler: Handler,
+    drain: Watch,
+) -> impl std::future::Future<Output = ()> + Send
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static,
 {
-    let listener = handler.listener.name.clone();
-    let metrics = handler.shared.metrics.clone();
-    let (spoken, mut io) = match protocol::sniff(io, handler.listener.header_timeout).await {
-        Ok(sniffed) => sniffed,
-        Err(e) => {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                metrics.refused(&listener, "header-timeout");
+    async move {
+        let listener = handler.listener.name.clone();
+        let metrics = handler.shared.metrics.clone();
+        let (spoken, mut io) = match protocol::sniff(io, handler.listener.header_timeout).await {
+            Ok(sniffed) => sniffed,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    metrics.refused(&listener, "header-timeout");
+                }
+                debug!(%listener, error = %e, "connection closed before it showed its protocol");
+                return;
             }
-            debug!(%listener, error = %e, "connection closed before it showed its protocol");
-            return;
+        };
+        let spoken = match protocol::admit(servers.protocol, spoken) {
+            Ok(spoken) => spoken,
+            Err(reply) if spoken == Spoken::Garbage => {
+                metrics.refused(&listener, "malformed");
+                handler.log_refusal(
+                    Reason::BadRequest,
+                    "the connection's first bytes are not HTTP",
+                );
+                let _ = io.write_all(reply).await;
+                let _ = io.shutdown().await;
+                return;
+            }
+            Err(reply) => {
+                metrics.refused(&listener, "wrong-protocol");
+                debug!(%listener, protocol = %servers.protocol, ?spoken, "wrong protocol: connection refused");
+                let _ = io.write_all(reply).await;
+                let _ = io.shutdown().await;
+                return;
+            }
+        };
+        let for_tunnels = Arc::new(drain.clone());
+        // The HTTP/2 connection's future is boxed: a task is as large as the
+        // largest state of its future, and an idle HTTP/1 connection, which
+        // the task's own state serves, should not carry the room hyper's
+        // HTTP/2 connection needs (docs/benchmarks.md).
+        if spoken == Spoken::Http1 {
+            // Not kept in an HTTP/1 connection's task.
+            drop((servers, listener, metrics));
+            h1::serve(io, handler, drain, for_tunnels).await;
+        } else {
+            Box::pin(serve_h2(
+                io,
+                servers,
+                handler,
+                drain,
+                for_tunnels,
+                listener,
+                metrics,
+            ))
+            .await;
         }
-    };
-    let spoken = match protocol::admit(servers.protocol, spoken) {
-        Ok(spoken) => spoken,
-        Err(reply) if spoken == Spoken::Garbage => {
-            metrics.refused(&listener, "malformed");
-            handler.log_refusal(
-                Reason::BadRequest,
-                "the connection's first bytes are not HTTP",
-            );
-            let _ = io.write_all(reply).await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        Err(reply) => {
-            metrics.refused(&listener, "wrong-protocol");
-            debug!(%listener, protocol = %servers.protocol, ?spoken, "wrong protocol: connection refused");
-            let _ = io.write_all(reply).await;
-            let _ = io.shutdown().await;
-            return;
-        }
-    };
-    let for_tunnels = Arc::new(drain.clone());
-    // The HTTP/2 connection's future is boxed: a task is as large as the
-    // largest state of its future, and an idle HTTP/1 connection, which
-    // the task's own state serves, should not carry the room hyper's
-    // HTTP/2 connection needs (docs/benchmarks.md).
-    if spoken == Spoken::Http1 {
-        h1::serve(io, handler, drain, for_tunnels).await;
-    } else {
-        Box::pin(serve_h2(
-            io,
-            servers,
-            handler,
-            drain,
-            for_tunnels,
-            listener,
-            metrics,
-        ))
-        .await;
     }
 }
 
