@@ -395,15 +395,17 @@ impl Drop for RequestBody {
 // === impl IdleBound ===
 
 /// A body that must not stall: one that yields nothing for `after` while
-/// it is polled fails (the listener's `stream_idle_timeout`, as Envoy's).
+/// it is polled fails (the listener's `stream_idle_timeout`, as Envoy's),
+/// between one and two `after`s after its last frame.
 ///
-/// Cheap on the data path: a frame notes the time (no timer touched); the
-/// timer is made at the body's first wait, and moved on only when it fires
-/// before the current deadline.
+/// Cheap on the data path: a frame only sets a flag (no clock read, no
+/// timer touched); the timer is made at the body's first wait, and when it
+/// fires it is moved on if a frame came meanwhile.
 #[derive(Debug)]
 pub struct IdleBound {
     after: Duration,
-    last: tokio::time::Instant,
+    /// A frame came since the timer was last set.
+    moved: bool,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -411,30 +413,28 @@ impl IdleBound {
     pub fn new(after: Duration) -> Self {
         Self {
             after,
-            last: tokio::time::Instant::now(),
+            moved: false,
             sleep: None,
         }
     }
 
     fn active(&mut self) {
-        self.last = tokio::time::Instant::now();
+        self.moved = true;
     }
 
-    /// Ready once the body has yielded nothing for `after`.
+    /// Ready once the body has yielded nothing for a whole `after`.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = self.last + self.after;
+        let after = self.after;
         let sleep = self
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
         loop {
-            if sleep.is_elapsed() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Poll::Ready(());
-                }
-                // It fired for an earlier deadline: the body moved since.
-                sleep.as_mut().reset(deadline);
-            }
             std::task::ready!(sleep.as_mut().poll(cx));
+            if !self.moved {
+                return Poll::Ready(());
+            }
+            self.moved = false;
+            sleep.as_mut().reset(tokio::time::Instant::now() + after);
         }
     }
 
