@@ -185,8 +185,9 @@ pub struct Listener {
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
     /// How long a request or response body may go without a byte while it streams
-    /// before the request fails (a stalled upload: 400 `bad-request`; a stalled
-    /// download: the response is cut). Envoy's `stream_idle_timeout`. Above zero.
+    /// before the request fails, noticed within twice this (a stalled upload: 400
+    /// `bad-request`; a stalled download: the response is cut). Envoy's
+    /// `stream_idle_timeout`. Above zero.
     #[serde(default = "default_stream_idle_timeout")]
     pub stream_idle_timeout: Duration,
     /// Largest request head accepted, in KiB; a larger one gets 431 `bad-request`.
