@@ -62,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 assert_eq!(got_end, all_end, "end, read {step} at a time");
                 assert_eq!(got, all, "data, read {step} at a time");
-                assert_eq!(got_trailers, all_trailers, "trailers, read {step} at a time");
+                assert_eq!(
+                    got_trailers, all_trailers,
+                    "trailers, read {step} at a time"
+                );
             }
         }
     }
