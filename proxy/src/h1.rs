@@ -100,7 +100,13 @@ pub fn connection_has_close(headers: &HeaderMap) -> bool {
 }
 
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
+    has_token(headers, &CONNECTION, token)
+}
+
+/// Whether any `header` field lists `token` (a comma-separated list,
+/// compared without case): `Connection`, `TE`, `Trailer`.
+pub fn has_token(headers: &HeaderMap, header: &HeaderName, token: &str) -> bool {
+    headers.get_all(header).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))

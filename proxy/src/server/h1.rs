@@ -431,11 +431,7 @@ impl Asked {
 }
 
 fn wants_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(TE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    })
+    h1::has_token(headers, &TE, "trailers")
 }
 
 // === reading ===
@@ -521,7 +517,7 @@ async fn read_head<I: AsyncRead>(r: &mut Reader<I>, limits: HeadLimits) -> Resul
             return Ok(head);
         }
         if r.buf.len() > budget {
-            return Err(if memchr_newline(&r.buf) {
+            return Err(if r.buf.contains(&b'\n') {
                 Refusal::too_large(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "request headers too large",
@@ -545,10 +541,6 @@ async fn read_head<I: AsyncRead>(r: &mut Reader<I>, limits: HeadLimits) -> Resul
             });
         }
     }
-}
-
-fn memchr_newline(buf: &[u8]) -> bool {
-    buf.contains(&b'\n')
 }
 
 /// Reads more into `buf`. An empty buffer holds no memory: the read goes
@@ -1165,12 +1157,7 @@ async fn respond<W: AsyncWrite + Unpin>(
 
 /// Whether the `Trailer` header of an answer names `name`.
 fn announced(headers: &HeaderMap, name: &http::HeaderName) -> bool {
-    headers.get_all(TRAILER).iter().any(|v| {
-        v.as_bytes().split(|&b| b == b',').any(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-        })
-    })
+    h1::has_token(headers, &TRAILER, name.as_str())
 }
 
 /// Whether a field may travel in trailers: not one that frames, routes,
