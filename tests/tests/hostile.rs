@@ -804,6 +804,8 @@ async fn h2_malformed_requests_are_reset_not_forwarded() {
         0,
         "a malformed request reached the upstream"
     );
+    // Each refused by h2, and counted by Skiff as the refusal went out.
+    assert_refused(&proxy, "malformed", cases.len() as u32).await;
     app.join().await;
 }
 
@@ -838,6 +840,8 @@ async fn h2_streams_over_the_limit_are_refused() {
     assert_serves(&proxy, ClientProtocol::H2c, "after the stream burst").await;
     drop(conn);
     assert_eq!(app.requests(), 0);
+    // h2 refused them; Skiff counted each as it went out.
+    assert_refused(&proxy, "max-concurrent-streams", STREAMS - 1024).await;
     app.join().await;
 }
 
@@ -863,6 +867,7 @@ async fn h2_rapid_reset_is_cut_off() {
     let goaway = conn.until(|f| f.kind == GOAWAY).await;
     let goaway = goaway.expect("the flood must end in GOAWAY");
     assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_refused(&proxy, "h2-flood", 1).await;
     assert_serves(&proxy, ClientProtocol::H2c, "after the flood").await;
     assert_serves(&proxy, ClientProtocol::Http1, "after the flood").await;
     let seen = app.requests();
@@ -935,9 +940,60 @@ async fn h2_continuation_flood_is_cut_off() {
         .await
         .expect("the flood must end in GOAWAY");
     assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_refused(&proxy, "h2-flood", 1).await;
     assert_serves(&proxy, ClientProtocol::H2c, "after the flood").await;
     assert_eq!(app.requests(), 0);
     app.join().await;
+}
+
+/// Empty DATA frames without END_STREAM cost h2 no memory, but each costs
+/// a frame's work (CVE-2019-9518). As in Envoy, one in a row is allowed (a
+/// client may flush an empty frame); the second ends the connection with
+/// GOAWAY ENHANCE_YOUR_CALM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_empty_data_frames_in_a_row_are_cut_off() {
+    const DATA: u8 = 0x0;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+
+    // One empty frame, then the body's end: an ordinary request.
+    let mut conn = RawH2::open(proxy.main()).await;
+    let mut bytes = get(1, "/alive", &[], END_HEADERS);
+    bytes.extend(frame(DATA, 0, 1, &[]));
+    bytes.extend(frame(DATA, END_STREAM, 1, b"x"));
+    conn.send(&bytes).await;
+    let rsp = conn.until(|f| f.stream == 1).await.expect("answered");
+    assert_eq!(rsp.kind, HEADERS, "{rsp:?}");
+
+    // Two in a row.
+    let mut flood = get(3, "/alive", &[], END_HEADERS);
+    flood.extend(frame(DATA, 0, 3, &[]));
+    flood.extend(frame(DATA, 0, 3, &[]));
+    conn.send(&flood).await;
+    let goaway = conn
+        .until(|f| f.kind == GOAWAY)
+        .await
+        .expect("the flood must end in GOAWAY");
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    // The last stream h2 saw: 1, or 3 if its HEADERS came in a read of its
+    // own (the read that brings the flood is dropped whole).
+    let last = u32::from_be_bytes(goaway.payload[..4].try_into().unwrap());
+    assert!(last == 1 || last == 3, "last stream {last}");
+    assert!(conn.until(|_| false).await.is_none(), "then closed");
+    assert_refused(&proxy, "h2-flood", 1).await;
+    assert_serves(&proxy, ClientProtocol::H2c, "after the flood").await;
+    app.join().await;
+}
+
+/// `skiff_downstream_refusals_total{listener="main",reason}` is `n`.
+async fn assert_refused(proxy: &Proxy, reason: &str, n: u32) {
+    let metrics = proxy.metrics().await;
+    let line = format!(r#"skiff_downstream_refusals_total{{listener="main",reason="{reason}"}} {n}"#);
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "wanted {line}: {metrics}"
+    );
 }
 
 // === Smuggling, checked at the upstream's bytes ===

@@ -4,6 +4,7 @@
 //! connections by hyper's.
 
 pub mod h1;
+pub mod h2_frames;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -636,6 +637,7 @@ async fn serve_h2<I>(
         let (h, d) = (handler.clone(), for_tunnels.clone());
         async move { Ok::<_, std::convert::Infallible>(h.handle(req.map(RequestBody::from), &d).await) }
     });
+    let io = h2_frames::Watched::new(io, metrics.clone(), listener.clone());
     let conn = servers.http2.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let res = tokio::select! {
