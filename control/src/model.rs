@@ -590,6 +590,11 @@ pub struct Cluster {
     /// Bounds each TCP connect to an endpoint, and the TLS handshake after it; above zero.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// How long a pooled connection to an endpoint may sit without a request
+    /// before it is closed (an HTTP/2 one: without a new stream). Envoy's
+    /// `common_http_protocol_options.idle_timeout` for upstreams. Above zero.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub idle_timeout: Duration,
     /// Originates mTLS to the endpoints, presenting `identity`, which it needs.
     /// Not yet for the cluster of a `tcp` listener. Absent: plaintext to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -628,6 +633,7 @@ impl Cluster {
             lb,
             hash_on,
             connect_timeout,
+            idle_timeout,
             tls,
             circuit_breaker,
             outlier_detection,
@@ -641,6 +647,7 @@ impl Cluster {
             && *lb == other.lb
             && *hash_on == other.hash_on
             && *connect_timeout == other.connect_timeout
+            && *idle_timeout == other.idle_timeout
             && *tls == other.tls
             && *circuit_breaker == other.circuit_breaker
             && *outlier_detection == other.outlier_detection
@@ -651,6 +658,11 @@ impl Cluster {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(1)
+}
+
+/// Envoy's `idle_timeout` default for upstream connection pools.
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// One static endpoint of a cluster.

@@ -492,6 +492,12 @@ impl Checker {
                 "timeout 0s: a timeout is above zero",
             );
         }
+        if c.idle_timeout.0.is_zero() {
+            self.at_value(
+                &format!("{at}.idle_timeout"),
+                "timeout 0s: a timeout is above zero",
+            );
+        }
 
         match (c.discovery, &c.original_destination) {
             (Some(Discovery::OriginalDestination), od) => {

@@ -9,6 +9,8 @@
 //! HTTP/1: idle connections are kept per endpoint; one is reused only when
 //! hyper says it is ready (its previous response fully read). HTTP/2: one
 //! shared connection per endpoint, multiplexed, replaced when it closes.
+//! Either is let go after the cluster's `idle_timeout` unused
+//! (`Endpoint::sweep_idle`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -336,9 +338,9 @@ impl Settings {
 
     fn checkout_h1(&self, ep: &Endpoint) -> Option<http1::SendRequest<Body>> {
         let mut idle = ep.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| !c.is_closed());
-        let i = idle.iter().rposition(|c| c.is_ready())?;
-        Some(idle.swap_remove(i))
+        idle.retain(|(c, _)| !c.is_closed());
+        let i = idle.iter().rposition(|(c, _)| c.is_ready())?;
+        Some(idle.swap_remove(i).0)
     }
 
     /// Puts a connection back right after its response head arrived: it stays
@@ -347,9 +349,10 @@ impl Settings {
         if upgrading || conn.is_closed() {
             return;
         }
+        let since = ep.idle_since();
         let mut idle = ep.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(conn);
+            idle.push((conn, since));
         }
     }
 
@@ -358,6 +361,7 @@ impl Settings {
         ep: &Endpoint,
         mut req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        ep.h2_starts();
         if let Some(conn) = ep.h2.load_full()
             && !conn.is_closed()
         {
@@ -404,7 +408,7 @@ impl Settings {
 /// closed ones found on the way are dropped.
 fn checkout_inline(ep: &Endpoint) -> Option<inline_h1::Conn> {
     let mut idle = ep.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(mut conn) = idle.pop() {
+    while let Some((mut conn, _)) = idle.pop() {
         if conn.is_open() {
             return Some(conn);
         }
@@ -414,9 +418,10 @@ fn checkout_inline(ep: &Endpoint) -> Option<inline_h1::Conn> {
 
 /// Pools an inline connection whose exchange ended cleanly.
 pub(crate) fn checkin_inline(ep: &Endpoint, conn: inline_h1::Conn) {
+    let since = ep.idle_since();
     let mut idle = ep.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
     if idle.len() < MAX_IDLE_PER_ENDPOINT {
-        idle.push(conn);
+        idle.push((conn, since));
     }
 }
 

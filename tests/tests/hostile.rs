@@ -989,7 +989,8 @@ async fn h2_empty_data_frames_in_a_row_are_cut_off() {
 /// `skiff_downstream_refusals_total{listener="main",reason}` is `n`.
 async fn assert_refused(proxy: &Proxy, reason: &str, n: u32) {
     let metrics = proxy.metrics().await;
-    let line = format!(r#"skiff_downstream_refusals_total{{listener="main",reason="{reason}"}} {n}"#);
+    let line =
+        format!(r#"skiff_downstream_refusals_total{{listener="main",reason="{reason}"}} {n}"#);
     assert!(
         metrics.lines().any(|l| l == line),
         "wanted {line}: {metrics}"

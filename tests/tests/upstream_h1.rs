@@ -219,3 +219,75 @@ async fn malformed_answers_are_upstream_resets() {
         assert!(metrics.contains("skiff_requests_total{"), "{metrics}");
     }
 }
+
+/// A cluster's `idle_timeout` closes the pooled connections nothing used
+/// for that long: both HTTP/1 pools (the inline client's, for a GET; hyper's,
+/// for a POST with a body) and the shared HTTP/2 connection. The upstreams
+/// say when the proxy closed each connection; a request after that opens a
+/// new one and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_idle_past_the_clusters_idle_timeout_are_closed() {
+    use integration_tests::body::full;
+    use tokio::sync::mpsc;
+
+    // HTTP/1: a keep-alive server that reports each connection's end.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel::<()>();
+    let h1 = TcpServer::spawn(move |mut stream| {
+        let closed = closed_tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            while read_request(&mut stream, &mut buf).await {
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() {
+                    break;
+                }
+            }
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    let proxy = Config::to(h1.addr())
+        .cluster("idle_timeout: 100ms")
+        .start()
+        .await;
+    let mut client = Client::http1(proxy.main()).await;
+    assert_eq!(client.get("/").await.text(), "ok");
+    let post = Request::post("/").body(full("hi")).unwrap();
+    assert_eq!(client.request(post).await.text(), "ok");
+    assert_eq!(h1.connections(), 2, "one per HTTP/1 pool");
+    for pool in ["inline", "hyper"] {
+        integration_tests::guard(&format!("the idle {pool} connection closed"), closed.recv())
+            .await
+            .expect("the server reports");
+    }
+    assert_eq!(client.get("/").await.text(), "ok", "served after");
+    assert_eq!(h1.connections(), 3);
+
+    // HTTP/2: the one shared connection goes too, once no stream started.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel::<()>();
+    let h2 = TcpServer::spawn(move |stream| {
+        let closed = closed_tx.clone();
+        async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    let proxy = Config::to(h2.addr())
+        .cluster_protocol("http2")
+        .cluster("idle_timeout: 100ms")
+        .start()
+        .await;
+    let mut client = Client::h2c(proxy.main()).await;
+    assert_eq!(client.get("/").await.text(), "ok");
+    integration_tests::guard("the idle HTTP/2 connection closed", closed.recv())
+        .await
+        .expect("the server reports");
+    assert_eq!(client.get("/").await.text(), "ok", "served after");
+    assert_eq!(h2.connections(), 2);
+}

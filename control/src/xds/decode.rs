@@ -954,6 +954,7 @@ fn cluster(mut c: xc::Cluster, res: &Resources, r: &mut Refusals<'_>) -> Option<
         lb: None,
         hash_on: None,
         connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(3600),
         tls: None,
         circuit_breaker: Some(model::CircuitBreaker {
             max_connections: None,
@@ -1120,7 +1121,7 @@ fn cluster(mut c: xc::Cluster, res: &Resources, r: &mut Refusals<'_>) -> Option<
     if let Some(a) = opts.remove(names::HTTP_OPTIONS) {
         let at = format!("typed_extension_protocol_options[{}]", names::HTTP_OPTIONS);
         if let Some(p) = any::<up::HttpProtocolOptions>(&a, &at, r) {
-            out.protocol = upstream_protocol(p, &at, r);
+            upstream_options(p, &at, r, &mut out);
         }
     }
     for key in opts.keys() {
@@ -1140,11 +1141,21 @@ fn cluster(mut c: xc::Cluster, res: &Resources, r: &mut Refusals<'_>) -> Option<
     Some(out)
 }
 
-fn upstream_protocol(
+/// A cluster's `HttpProtocolOptions`: the protocol spoken upstream, and the
+/// pool's idle timeout.
+fn upstream_options(
     mut p: up::HttpProtocolOptions,
     at: &str,
     r: &mut Refusals<'_>,
-) -> model::ClusterProtocol {
+    out: &mut model::Cluster,
+) {
+    if let Some(mut common) = p.common_http_protocol_options.take() {
+        if let Some(t) = common.idle_timeout.take() {
+            let at = format!("{at}.common_http_protocol_options.idle_timeout");
+            out.idle_timeout = duration(Some(t), &at, r).unwrap_or(out.idle_timeout);
+        }
+        r.rest(&format!("{at}.common_http_protocol_options"), &common);
+    }
     use up::http_protocol_options::UpstreamProtocolOptions as U;
     use up::http_protocol_options::explicit_http_config::ProtocolConfig as P;
     let protocol = match p.upstream_protocol_options.take() {
@@ -1169,7 +1180,7 @@ fn upstream_protocol(
         }
     };
     r.rest(at, &p);
-    protocol
+    out.protocol = protocol;
 }
 
 fn upstream_tls(ts: core::TransportSocket, r: &mut Refusals<'_>) -> Option<model::ClusterTls> {

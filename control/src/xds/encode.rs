@@ -627,6 +627,10 @@ fn cluster(name: &str, c: &model::Cluster) -> xc::Cluster {
         names::HTTP_OPTIONS.to_owned(),
         pack_any(up::HttpProtocolOptions {
             upstream_protocol_options: Some(protocol),
+            common_http_protocol_options: Some(core::HttpProtocolOptions {
+                idle_timeout: Some(duration(c.idle_timeout)),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     );

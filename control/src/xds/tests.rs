@@ -82,6 +82,7 @@ clusters:
     protocol: http2
     lb: least_request
     connect_timeout: 250ms
+    idle_timeout: 90s
     tls: { server_identity: spiffe://cluster.local/ns/default/sa/api }
     circuit_breaker: { max_connections: 10, max_retries: 5 }
     outlier_detection: { consecutive_failures: 3, base_ejection_time: 10s, max_ejection_percent: 50 }

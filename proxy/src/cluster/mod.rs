@@ -24,6 +24,7 @@
 //! [`Plan::commit`] swaps it in.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ use skiff_filters::stack::ClusterPolicy;
 use skiff_filters::telemetry::Metrics;
 use tokio::task::AbortHandle;
 
+use tracing::debug;
+
 use crate::health::{self, Probe};
 use crate::tls::{Connector, Identity};
 
@@ -47,14 +50,26 @@ pub struct Endpoint {
     pub address: String,
     /// Load and health, shared with the balancer and `/clusters`.
     pub stats: Arc<EndpointStats>,
-    pub(crate) idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// Idle connections of hyper's HTTP/1 client, each with the sweep it
+    /// went idle in (see [`Endpoint::sweep_idle`]).
+    pub(crate) idle_h1: Mutex<Vec<(http1::SendRequest<Body>, u32)>>,
     /// Idle connections of the inline HTTP/1 client (requests without a
-    /// body; see `upstream::inline_h1`).
-    pub(crate) idle_inline: Mutex<Vec<crate::upstream::inline_h1::Conn>>,
+    /// body; see `upstream::inline_h1`), stamped the same way.
+    pub(crate) idle_inline: Mutex<Vec<(crate::upstream::inline_h1::Conn, u32)>>,
     pub(crate) h2: arc_swap::ArcSwapOption<http2::SendRequest<Body>>,
     /// Serialises HTTP/2 connects so a burst opens one connection, not many.
     pub(crate) h2_connecting: tokio::sync::Mutex<()>,
+    /// Idle sweeps made so far: the clock pooled connections are stamped by.
+    /// A counter rather than a time, so stamping a connection costs a load.
+    sweeps: AtomicU32,
+    /// The sweep in which the HTTP/2 connection last started a stream.
+    h2_used: AtomicU32,
 }
+
+/// Sweeps a pooled connection stays idle for: swept every half
+/// `idle_timeout`, one is closed between one and one and a half
+/// `idle_timeout`s after it went idle.
+const IDLE_SWEEPS: u32 = 3;
 
 impl Endpoint {
     fn new(address: &str) -> Self {
@@ -65,6 +80,45 @@ impl Endpoint {
             idle_inline: Mutex::new(Vec::new()),
             h2: arc_swap::ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::new(()),
+            sweeps: AtomicU32::new(0),
+            h2_used: AtomicU32::new(0),
+        }
+    }
+
+    /// What a connection going idle now is stamped with.
+    pub(crate) fn idle_since(&self) -> u32 {
+        self.sweeps.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the HTTP/2 connection starts a stream. Written only when
+    /// the sweep moved on, so streams on many cores do not all write.
+    pub(crate) fn h2_starts(&self) {
+        let now = self.sweeps.load(Ordering::Relaxed);
+        if self.h2_used.load(Ordering::Relaxed) != now {
+            self.h2_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the pooled connections idle for [`IDLE_SWEEPS`] sweeps: the
+    /// HTTP/1 ones that went idle then (and those the server closed), and
+    /// the HTTP/2 one if it started no stream since. Dropping a handle is
+    /// enough: an HTTP/1 connection closes with it, and an HTTP/2 one once
+    /// the streams still open on it (a long gRPC stream) finish; new
+    /// requests get a new connection.
+    fn sweep_idle(&self) {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let fresh = |since: u32| now.wrapping_sub(since) < IDLE_SWEEPS;
+        self.idle_h1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(c, since)| fresh(*since) && !c.is_closed());
+        self.idle_inline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, since)| fresh(*since));
+        if !fresh(self.h2_used.load(Ordering::Relaxed)) && self.h2.load().is_some() {
+            debug!(endpoint = %self.address, "idle HTTP/2 connection let go");
+            self.h2.store(None);
         }
     }
 
@@ -163,6 +217,8 @@ pub struct Settings {
     config: model::Cluster,
     pub(crate) protocol: ClusterProtocol,
     pub(crate) connect_timeout: Duration,
+    /// `idle_timeout`: how long a pooled connection may sit unused.
+    pub(crate) idle_timeout: Duration,
     pub(crate) outlier: Option<OutlierConfig>,
     /// Active health checks run: an ejected endpoint then returns only once a probe passes.
     pub health_checked: bool,
@@ -194,6 +250,9 @@ pub struct Cluster {
     pub(crate) ejections: Counter,
     /// The health-check task, and the config it was started with.
     probe: Mutex<Option<(model::HealthCheck, ClusterProtocol, AbortHandle)>>,
+    /// The task that closes idle pooled connections, and the
+    /// `idle_timeout` it runs for.
+    sweeper: Mutex<Option<(Duration, AbortHandle)>>,
     /// A passthrough cluster's endpoints, one per destination met: each
     /// keeps its pool across requests (the app calling one service over and
     /// over reuses connections). Bounded by [`MAX_DESTINATIONS`].
@@ -211,6 +270,9 @@ const MAX_DESTINATIONS: usize = 4096;
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some((_, _, task)) = self.probe.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+        if let Some((_, task)) = self.sweeper.get_mut().ok().and_then(Option::take) {
             task.abort();
         }
     }
@@ -253,6 +315,47 @@ impl Cluster {
             map.insert(key, ep.clone());
         }
         ep
+    }
+
+    /// Sweeps the pools of every endpoint this cluster lists now, and of
+    /// each passthrough destination it keeps (see [`Endpoint::sweep_idle`]).
+    /// Endpoints a set no longer lists are not swept: they close with the
+    /// last request that holds them.
+    fn sweep_idle(&self) {
+        for ep in &self.state().set.endpoints {
+            ep.sweep_idle();
+        }
+        let destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        for ep in destinations.values() {
+            ep.sweep_idle();
+        }
+    }
+
+    /// Runs the idle sweep for `idle_timeout` (the running one is kept if it
+    /// has the same), every half of it. The task holds the cluster weakly
+    /// and ends with it.
+    fn sweep_every(self: &Arc<Self>, idle_timeout: Duration) {
+        let mut sweeper = self.sweeper.lock().unwrap_or_else(|p| p.into_inner());
+        if sweeper.as_ref().is_some_and(|(t, _)| *t == idle_timeout) {
+            return;
+        }
+        if let Some((_, task)) = sweeper.take() {
+            task.abort();
+        }
+        let every = (idle_timeout / 2).max(Duration::from_millis(1));
+        let cluster = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                cluster.sweep_idle();
+            }
+        });
+        *sweeper = Some((idle_timeout, task.abort_handle()));
     }
 
     /// Replaces the endpoint set alone: routes, policies and the endpoints
@@ -371,6 +474,7 @@ impl Clusters {
                         name,
                         state: ArcSwap::new(state.clone()),
                         probe: Mutex::new(None),
+                        sweeper: Mutex::new(None),
                         destinations: Mutex::new(HashMap::new()),
                     })
                 }
@@ -451,6 +555,7 @@ impl Clusters {
             if !Arc::ptr_eq(&cluster.state.load(), state) {
                 cluster.state.store(state.clone());
             }
+            cluster.sweep_every(state.settings.idle_timeout);
         }
         for Planned {
             cluster,
@@ -528,6 +633,7 @@ fn settings(
         },
         protocol: c.protocol,
         connect_timeout: c.connect_timeout.get(),
+        idle_timeout: c.idle_timeout.get(),
         outlier: c.outlier_detection.as_ref().map(OutlierConfig::from_config),
         health_checked: c.health_check.is_some(),
         policy,

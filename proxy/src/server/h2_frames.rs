@@ -261,7 +261,9 @@ impl<I> Watched<I> {
                 (GOAWAY, Some(ENHANCE_YOUR_CALM)) => "h2-flood",
                 (
                     RST_STREAM | GOAWAY,
-                    Some(PROTOCOL_ERROR | FLOW_CONTROL_ERROR | FRAME_SIZE_ERROR | COMPRESSION_ERROR),
+                    Some(
+                        PROTOCOL_ERROR | FLOW_CONTROL_ERROR | FRAME_SIZE_ERROR | COMPRESSION_ERROR,
+                    ),
                 ) => "malformed",
                 // NO_ERROR and CANCEL end streams and connections in the
                 // normal course; INTERNAL_ERROR is a response body that
