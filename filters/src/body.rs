@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -250,6 +251,9 @@ pub struct RequestBody {
     counted: Option<Arc<crate::telemetry::RequestContext>>,
     /// The listener's `stream_idle_timeout`, once set.
     idle: Option<IdleBound>,
+    /// Set while the body streams, for the wait for the response head
+    /// ([`RequestBody::streaming`]); cleared at its end or drop.
+    streaming: Option<Arc<AtomicBool>>,
 }
 
 /// Where a request body's bytes come from.
@@ -273,6 +277,7 @@ impl RequestBody {
             inner: Some(Source::Hyper(body)),
             counted: None,
             idle: None,
+            streaming: None,
         }
     }
 
@@ -282,6 +287,7 @@ impl RequestBody {
             inner: None,
             counted: None,
             idle: None,
+            streaming: None,
         }
     }
 
@@ -295,6 +301,7 @@ impl RequestBody {
             inner: Some(Source::Own(body.map_err(BoxError::from).boxed())),
             counted: None,
             idle: None,
+            streaming: None,
         }
     }
 
@@ -312,6 +319,21 @@ impl RequestBody {
             self.idle = Some(IdleBound::new(after));
         }
         self
+    }
+
+    /// A flag that stays set while this body streams and is cleared once
+    /// it ended or was dropped (sent whole, or given up): how the wait for
+    /// the response head knows the upload is still going, which the
+    /// body's own `stream_idle_timeout` bounds. `None` for a body that is
+    /// already whole (no allocation for those).
+    pub fn streaming(&mut self) -> Option<Arc<AtomicBool>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let flag = self
+            .streaming
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(true)));
+        Some(flag.clone())
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -336,7 +358,11 @@ impl RequestBody {
                     return Poll::Ready(Some(Err(IdleBound::error("the request body"))));
                 }
             }
-            Poll::Ready(_) => {}
+            Poll::Ready(_) => {
+                if let Some(flag) = &self.streaming {
+                    flag.store(false, Ordering::Relaxed);
+                }
+            }
         }
         polled
     }
@@ -366,6 +392,9 @@ impl From<Incoming> for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
+        if let Some(flag) = &self.streaming {
+            flag.store(false, Ordering::Relaxed);
+        }
         // Skiff's own server drains its own bodies.
         let Some(Source::Hyper(mut body)) = self.inner.take() else {
             return;

@@ -571,6 +571,94 @@ clusters:
     app.join().await;
 }
 
+/// An upstream that takes a request and never answers is bounded by the
+/// listener's `stream_idle_timeout` too, as Envoy's stream idle timer bounds
+/// it: 504 `timeout`, counted, and the upstream connection let go. The wait
+/// counts from the request body's end, so an upload that keeps sending for
+/// longer than the timeout (2.5 of them here, a chunk every quarter) is
+/// answered normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_that_never_comes_is_cut_by_the_stream_idle_timeout() {
+    // Reads the request, answers nothing, and reports when the proxy lets
+    // go of the connection (HTTP/1, so that cancelling the request closes
+    // it; an HTTP/2 upstream would get RST_STREAM and keep its connection).
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let silent = TcpServer::spawn(move |mut stream: TcpStream| {
+        let gone = gone_tx.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            let _ = gone.send(());
+        }
+    })
+    .await;
+    // Answers once the whole chunked body has come.
+    let patient = TcpServer::spawn(|mut stream: TcpStream| async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, stream_idle_timeout: 300ms, routes: main }}
+routes:
+  main:
+    - match: {{ path: {{ prefix: /silent }} }}
+      cluster: silent
+    - cluster: patient
+clusters:
+  silent: {{ endpoints: [{silent}], protocol: http1 }}
+  patient: {{ endpoints: [{patient}] }}
+"#,
+        silent = silent.addr(),
+        patient = patient.addr()
+    );
+    let proxy = Proxy::start(&config).await;
+
+    for protocol in [ClientProtocol::Http1, ClientProtocol::H2c] {
+        let mut client = Client::connect(proxy.main(), protocol).await;
+        let rsp = client.get("/silent").await;
+        assert_eq!(rsp.status, StatusCode::GATEWAY_TIMEOUT, "{protocol:?}");
+        assert_eq!(rsp.header("skiff-error"), Some("timeout"), "{protocol:?}");
+        guard("the upstream request cancelled", gone.recv())
+            .await
+            .expect("the silent upstream reports");
+    }
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("skiff_requests_total{")
+                && l.contains(r#"code="504""#)
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+
+    let mut upload = TcpStream::connect(proxy.main()).await.unwrap();
+    upload
+        .write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(75)).await;
+        upload.write_all(b"1\r\nx\r\n").await.unwrap();
+    }
+    upload.write_all(b"0\r\n\r\n").await.unwrap();
+    let (head, _) = read_head(&mut upload).await;
+    assert_eq!(status_of(&head), Some(200), "{head}");
+}
+
 // === HTTP/2 ===
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -235,6 +235,7 @@ impl Handler {
         };
 
         let idle = self.listener.stream_idle_timeout;
+        let streaming = req.body_mut().streaming();
         let req = req.map(|body| {
             let body = body.idle_after(idle);
             Body::Request(match context {
@@ -242,7 +243,7 @@ impl Handler {
                 None => body,
             })
         });
-        let mut rsp = match service.oneshot(req).await {
+        let mut rsp = match head_within(service.oneshot(req), idle, streaming).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 // The whole story (endpoint addresses, causes) goes to the
@@ -660,6 +661,49 @@ async fn serve_h2<I>(
     match res {
         Some(res) => log_end(res, &metrics, &listener),
         None => debug!("drain timeout: connection closed"),
+    }
+}
+
+/// Waits for the response head, for at most `idle` (the listener's
+/// `stream_idle_timeout`) from when the request body ended, as Envoy's
+/// stream idle timer also runs while a request waits for its answer: an
+/// upstream that takes a request and never answers would otherwise hold
+/// it, and the client, for as long as the route's `timeout` (none by
+/// default). While the body still streams (`streaming` set) the wait goes
+/// on: the body's own bound covers a stalled upload. The timer is checked
+/// when it fires, so the end is noticed within one to two `idle`s after the
+/// body's; past it the request fails with 504 `timeout`, which drops (so
+/// cancels) the upstream request.
+async fn head_within<F, T>(
+    exchange: F,
+    idle: Duration,
+    streaming: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<T, skiff_filters::BoxError>
+where
+    F: std::future::Future<Output = Result<T, skiff_filters::BoxError>>,
+{
+    let mut exchange = std::pin::pin!(exchange);
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle));
+    // Whether the body streamed when the timer last fired: its end may
+    // have come just before this one.
+    let mut streamed = false;
+    loop {
+        tokio::select! {
+            biased;
+            out = exchange.as_mut() => return out,
+            () = timer.as_mut() => {
+                let now = streaming.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+                if !now && !streamed {
+                    return Err(skiff_filters::ProxyError::new(
+                        Reason::Timeout,
+                        "no response head within the listener's stream_idle_timeout",
+                    )
+                    .into());
+                }
+                streamed = now;
+                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+        }
     }
 }
 
