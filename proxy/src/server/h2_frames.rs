@@ -228,14 +228,7 @@ impl<I> Watched<I> {
             if f.kind == HEADERS && f.stream % 2 == 1 {
                 last = last.max(f.stream);
             }
-            if matches!(f.kind, DATA | HEADERS | CONTINUATION) {
-                if f.carried() == 0 && f.flags & END_STREAM == 0 {
-                    empty += 1;
-                    flood |= empty > MAX_EMPTY_FRAMES_IN_A_ROW;
-                } else {
-                    empty = 0;
-                }
-            }
+            flood |= note_empty(&mut empty, f);
         });
         self.empty_in_a_row = empty;
         // A flood's read is dropped whole (`poll_read`), so the streams it
@@ -395,6 +388,42 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         ready!(this.poll_goaway(cx));
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
+}
+
+/// Counts `f` in the run of empty frames (no payload, no END_STREAM) that
+/// `in_a_row` holds; whether the run is now a flood.
+fn note_empty(in_a_row: &mut u32, f: &Frame) -> bool {
+    if matches!(f.kind, DATA | HEADERS | CONTINUATION) {
+        if f.carried() == 0 && f.flags & END_STREAM == 0 {
+            *in_a_row += 1;
+        } else {
+            *in_a_row = 0;
+        }
+    }
+    *in_a_row > MAX_EMPTY_FRAMES_IN_A_ROW
+}
+
+/// A frame as [`scan`] reports it: type, flags, stream, length, bytes carried.
+pub type Seen = (u8, u8, u32, u32, u32);
+
+/// What a watch makes of `wire` read `step` bytes at a time: the frames it
+/// found (type, flags, stream, length, bytes carried) and how many frames
+/// in it declared an empty-frame flood, if one did. For the `h2_frames`
+/// fuzz target, which checks that any cut of the bytes gives the same
+/// answer as reading them whole.
+pub fn scan(wire: &[u8], step: usize) -> (Vec<Seen>, Option<usize>) {
+    let mut frames = Vec::new();
+    let mut scanner = Scanner::default();
+    let (mut empty, mut flood) = (0, None);
+    for piece in wire.chunks(step.max(1)) {
+        scanner.feed(piece, |f| {
+            frames.push((f.kind, f.flags, f.stream, f.len, f.carried()));
+            if note_empty(&mut empty, f) && flood.is_none() {
+                flood = Some(frames.len());
+            }
+        });
+    }
+    (frames, flood)
 }
 
 #[cfg(test)]
