@@ -147,16 +147,24 @@ where
             else {
                 return;
             };
-            // The request's whole exchange is boxed, once: the connection's own
-            // future, which an idle connection keeps, stays small.
+            // The request's exchange is boxed, once: the connection's own
+            // future, which an idle connection keeps, stays small. The box
+            // holds the exchange alone, not `cut_at` around it (which keeps
+            // its argument twice): every byte of a boxed future is copied
+            // into the box per request (docs/benchmarks.md, "Future sizes").
             let switchable = upgrade.is_some();
-            let done = Box::pin(cut_at(
-                &mut drain,
-                exchange(
-                    &handler, req, &tunnels, &mut wr, &mut out, ask, switchable, go_on,
-                ),
-            ))
-            .await;
+            let exchanged = Box::pin(exchange(
+                &handler,
+                req,
+                &tunnels,
+                &mut wr,
+                &mut out,
+                ask,
+                switchable,
+                go_on,
+                head_timer.as_mut(),
+            ));
+            let done = cut_at(&mut drain, exchanged).await;
             let Some(Ok(Done {
                 mut keep_alive,
                 switching,
@@ -366,13 +374,17 @@ async fn exchange<W: AsyncWrite + Unpin>(
     mut ask: Asked,
     switchable: bool,
     go_on: Option<oneshot::Receiver<()>>,
+    timer: Pin<&mut tokio::time::Sleep>,
 ) -> io::Result<Done> {
     let mut unasked = false;
+    // One place for the handler's future on either path: two awaits of
+    // `handle` would each keep room for it in this future. The head timer,
+    // idle while the request is served, bounds the wait for its answer.
+    let answer = handler.handle_timed(req, tunnels, Some(timer));
+    tokio::pin!(answer);
     let mut rsp = match go_on {
-        None => handler.handle(req, tunnels).await,
+        None => answer.await,
         Some(mut asked) => {
-            let answer = handler.handle(req, tunnels);
-            tokio::pin!(answer);
             tokio::select! {
                 rsp = &mut answer => {
                     unasked = true;

@@ -11,8 +11,8 @@
 //!   `ENHANCE_YOUR_CALM` after a flood (rapid reset, CONTINUATION, stream
 //!   errors: `h2-flood`), and GOAWAY or `RST_STREAM` for a frame or header
 //!   block that breaks the protocol (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
-//!   `FRAME_SIZE_ERROR`, `COMPRESSION_ERROR`: `malformed`). Counted as the
-//!   frame is written, so before the client can read it.
+//!   `FRAME_SIZE_ERROR`, `COMPRESSION_ERROR`: `malformed`). Counted just
+//!   before the frame is written, so before the client can read it.
 //! * **Coming in**, DATA, HEADERS and CONTINUATION frames with an empty
 //!   payload and no END_STREAM are counted in a row, as Envoy's
 //!   `max_consecutive_inbound_frames_with_empty_payload` (default 1)
@@ -62,6 +62,9 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// One frame's header and the first bytes of its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Frame {
+    /// Where in the byte stream the frame was made out (its header and
+    /// peeked bytes end there): what tells one frame from another.
+    at: u64,
     len: u32,
     kind: u8,
     flags: u8,
@@ -104,13 +107,15 @@ impl Frame {
 }
 
 /// Walks frame headers through bytes that arrive in pieces of any size.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Scanner {
     /// The current frame's header and first payload bytes, as far as read.
     head: [u8; HEAD + PEEK],
     filled: u8,
     /// Bytes to pass over before the next frame header.
     skip: u32,
+    /// Bytes fed so far.
+    pos: u64,
 }
 
 impl Scanner {
@@ -133,6 +138,8 @@ impl Scanner {
     /// Feeds `bytes`; `on` sees each frame once its header and the first
     /// `PEEK` bytes of its payload (or all of a shorter one) have passed.
     fn feed(&mut self, bytes: &[u8], mut on: impl FnMut(&Frame)) {
+        let start = self.pos;
+        self.pos += bytes.len() as u64;
         let mut at = 0;
         while at < bytes.len() {
             if self.skip > 0 {
@@ -163,6 +170,7 @@ impl Scanner {
             let peek_len = (len as usize).min(PEEK);
             peek[peek_len..].fill(0);
             let frame = Frame {
+                at: start + at as u64,
                 len,
                 kind: self.head[3],
                 flags: self.head[4],
@@ -195,6 +203,10 @@ pub struct Watched<I> {
     /// Whether h2 sent GOAWAY: streams refused after it were refused for
     /// the drain, not for a limit.
     going_away: bool,
+    /// Where the last outgoing frame judged was made out ([`Frame::at`]):
+    /// frames are judged before their bytes are written, and bytes h2
+    /// could not write yet come again in its next write.
+    judged: u64,
     /// Set once the empty-frame limit is crossed: Skiff's GOAWAY, and how
     /// much of it is written. From then on every read fails and every
     /// write h2 makes is dropped, so the wire ends with that GOAWAY.
@@ -213,6 +225,7 @@ impl<I> Watched<I> {
             empty_in_a_row: 0,
             last_stream: 0,
             going_away: false,
+            judged: 0,
             ended: None,
             metrics,
             listener,
@@ -239,35 +252,46 @@ impl<I> Watched<I> {
         flood
     }
 
-    /// Counts the refusals among the frames in `bytes`, just written.
-    fn wrote_frames(&mut self, bytes: &[u8]) {
+    /// Counts the refusals among the frames in `pieces`, about to be
+    /// written: counted before the client can read them. Judged on a copy
+    /// of the scanner, so that a partial write changes nothing; a frame
+    /// already judged is passed over when its bytes come again.
+    fn will_write<'b>(&mut self, pieces: impl Iterator<Item = &'b [u8]>) {
+        let mut ahead = self.outgoing;
         let Self {
-            outgoing,
             going_away,
+            judged,
             metrics,
             listener,
             ..
         } = self;
-        outgoing.feed(bytes, |f| {
-            let reason = match (f.kind, f.code()) {
-                (RST_STREAM, Some(REFUSED_STREAM)) if !*going_away => "max-concurrent-streams",
-                (GOAWAY, Some(ENHANCE_YOUR_CALM)) => "h2-flood",
-                (
-                    RST_STREAM | GOAWAY,
-                    Some(
-                        PROTOCOL_ERROR | FLOW_CONTROL_ERROR | FRAME_SIZE_ERROR | COMPRESSION_ERROR,
-                    ),
-                ) => "malformed",
-                // NO_ERROR and CANCEL end streams and connections in the
-                // normal course; INTERNAL_ERROR is a response body that
-                // failed, which the request's own metrics tell.
-                _ => "",
-            };
-            *going_away |= f.kind == GOAWAY;
-            if !reason.is_empty() {
-                metrics.refused(listener, reason);
-            }
-        });
+        for piece in pieces {
+            ahead.feed(piece, |f| {
+                if f.at <= *judged {
+                    return;
+                }
+                *judged = f.at;
+                let reason = match (f.kind, f.code()) {
+                    (RST_STREAM, Some(REFUSED_STREAM)) if !*going_away => "max-concurrent-streams",
+                    (GOAWAY, Some(ENHANCE_YOUR_CALM)) => "h2-flood",
+                    (
+                        RST_STREAM | GOAWAY,
+                        Some(
+                            PROTOCOL_ERROR | FLOW_CONTROL_ERROR | FRAME_SIZE_ERROR
+                            | COMPRESSION_ERROR,
+                        ),
+                    ) => "malformed",
+                    // NO_ERROR and CANCEL end streams and connections in
+                    // the normal course; INTERNAL_ERROR is a response body
+                    // that failed, which the request's own metrics tell.
+                    _ => "",
+                };
+                *going_away |= f.kind == GOAWAY;
+                if !reason.is_empty() {
+                    metrics.refused(listener, reason);
+                }
+            });
+        }
     }
 
     /// Starts ending the connection for an empty-frame flood: Skiff's own
@@ -345,8 +369,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
             ready!(this.poll_goaway(cx));
             return Poll::Ready(Ok(buf.len()));
         }
+        this.will_write(std::iter::once(buf));
         let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
-        this.wrote_frames(&buf[..n]);
+        this.outgoing.feed(&buf[..n], |_| {});
         Poll::Ready(Ok(n))
     }
 
@@ -360,6 +385,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
             ready!(this.poll_goaway(cx));
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
+        this.will_write(bufs.iter().map(|b| &**b));
         let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
         let mut left = n;
         for b in bufs {
@@ -367,7 +393,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
                 break;
             }
             let take = left.min(b.len());
-            this.wrote_frames(&b[..take]);
+            this.outgoing.feed(&b[..take], |_| {});
             left -= take;
         }
         Poll::Ready(Ok(n))

@@ -6,6 +6,7 @@
 pub mod h1;
 pub mod h2_frames;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -99,189 +100,214 @@ impl Handler {
 
     /// `drain` is the connection's: an upgraded connection outlives the
     /// HTTP exchange, and holds it so the drain waits for (then cuts) it.
-    pub async fn handle(
-        &self,
+    ///
+    /// A function returning an `async` block, not an `async fn`: an `async
+    /// fn` keeps each argument twice in its future (the request is 312
+    /// bytes), and every request's future is moved into its box whole
+    /// (docs/benchmarks.md, "Future sizes").
+    pub fn handle<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        drain: &'a Arc<Watch>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'a {
+        self.handle_timed(req, drain, None)
+    }
+
+    /// [`Handler::handle`], with a timer the connection lends for the wait
+    /// for the response head (`head_within`): Skiff's HTTP/1 server lends
+    /// its head timer, idle while a request is served, so that a request
+    /// registers no timer of its own.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn handle_timed<'a>(
+        &'a self,
         mut req: Request<RequestBody>,
-        drain: &Arc<Watch>,
-    ) -> Response<Body> {
-        #[cfg(feature = "panic-probe")]
-        if req.headers().contains_key("skiff-test-panic") {
-            panic!("panic probe: the request asked for it");
-        }
-        let mut rec = Recorder::new(
-            self.shared.metrics.clone(),
-            self.listener.direction.as_str(),
-            self.listener.name.clone(),
-            Instant::now(),
-        );
-        if let Some(peer) = &self.peer {
-            rec.peer_identity = peer.0.clone();
-        }
-        if let Some(dst) = self.dst {
-            req.extensions_mut()
-                .insert(skiff_filters::route::Destination(dst));
-        }
-        if self.listener.direction == Direction::Inbound {
-            forwarded_client_cert(&mut req, self.xfcc.as_ref());
-        }
-        let grpc = classify::is_grpc(req.headers());
-        // The head is checked as the client sent it, before Skiff adds to it.
-        let admitted = if self.shed() || self.shared.overload.memory_over() {
-            Err(Refusal {
-                reason: Reason::Overloaded,
-                counted_as: "overloaded",
-                message: Reason::Overloaded.text(),
-            })
-        } else {
-            admit(&mut req, self.listener.limits)
-        };
-        headers::ensure_request_id(req.headers_mut());
-        // Kept for the answer and log line of a failure: copied onto the
-        // stack, since cloning a header value Skiff generated would allocate.
-        let request_id = RequestId::of(req.headers());
-        // The request's context, made now only when the running config has
-        // an access log (tracing makes one later if it samples).
-        let mut context = self.shared.runtime.load().access_log.clone().map(|sink| {
-            let cx = Arc::new(RequestContext::logged(access_fields(sink, &req)));
-            rec.access = Some(cx.clone());
-            req.extensions_mut().insert(cx.clone());
-            cx
-        });
-        if let Err(refusal) = admitted {
-            self.shared
-                .metrics
-                .refused(&self.listener.name, refusal.counted_as);
-            self.log_failure(
-                refusal.reason,
-                ("", ""),
-                request_id.as_str(),
-                refusal.message,
+        drain: &'a Arc<Watch>,
+        timer: Option<Pin<&'a mut tokio::time::Sleep>>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            #[cfg(feature = "panic-probe")]
+            if req.headers().contains_key("skiff-test-panic") {
+                panic!("panic probe: the request asked for it");
+            }
+            let start = Instant::now();
+            let mut rec = Recorder::new(
+                self.shared.metrics.clone(),
+                self.listener.direction.as_str(),
+                self.listener.name.clone(),
+                start,
             );
-            let mut rsp = error::reply(refusal.reason, refusal.message, grpc);
-            if self.shed() && req.version() <= Version::HTTP_11 {
-                // hyper closes the connection after this answer.
-                rsp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            if let Some(peer) = &self.peer {
+                rec.peer_identity = peer.0.clone();
             }
-            if let Some(go_away) = &self.go_away {
-                go_away.notify_one();
+            if let Some(dst) = self.dst {
+                req.extensions_mut()
+                    .insert(skiff_filters::route::Destination(dst));
             }
-            return finish(stamp(rsp, &request_id), rec, &self.listener);
-        }
-        // Only a connection that can switch protocols (Skiff's HTTP/1
-        // server marks a request without a body that asks to) forwards
-        // the ask: otherwise `Upgrade` goes as the hop-by-hop header it is,
-        // and no upstream can answer 101 on a connection that stays HTTP.
-        let downstream_upgrade = req
-            .extensions_mut()
-            .remove::<h1::OnUpgrade>()
-            .and_then(|u| u.take());
-        let upgrading = downstream_upgrade.is_some();
-        headers::strip_hop_by_hop(req.headers_mut(), upgrading);
-        debug!(
-            listener = %self.listener.name,
-            method = %req.method(),
-            path = req.uri().path(),
-            peer_identity = self.peer.as_ref().map_or("none", |p| &*p.0),
-            "request"
-        );
-
-        let service = {
-            let runtime = self.shared.runtime.load();
-            // Who is asking, for authorization: the listener's direction
-            // (rules apply inbound only) and the mTLS peer, if any. Only
-            // when there are rules: each extension costs allocations, and
-            // without rules nothing reads them.
-            if !runtime.snapshot.config.authorization.is_empty() {
-                req.extensions_mut().insert(self.listener.direction);
-                if let Some(peer) = &self.peer {
-                    req.extensions_mut().insert(peer.clone());
-                }
+            if self.listener.direction == Direction::Inbound {
+                forwarded_client_cert(&mut req, self.xfcc.as_ref());
             }
-            match runtime.route(&self.listener.key, &req) {
-                Some((route, target)) => {
-                    rec.route = route.label.clone();
-                    rec.cluster = target.cluster.clone();
-                    rec.meters = Some(target.meters.clone());
-                    if let Some(tracing) = &runtime.tracing
-                        && let Some(span) = tracing.begin(&mut req, &route.label)
-                    {
-                        // The attempts' spans hang from it, through the
-                        // request's context (made now if the access log
-                        // did not make one).
-                        let cx = context.get_or_insert_with(|| {
-                            let cx = Arc::new(RequestContext::default());
-                            req.extensions_mut().insert(cx.clone());
-                            cx
-                        });
-                        cx.trace(Box::new(span.clone()));
-                        cx.set_trace(|| span.traceparent());
-                        rec.on_close = Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
-                    } else if let Some(cx) = &context
-                        && cx.came_untraced()
-                    {
-                        // A trace Skiff started and did not sample.
-                        cx.set_trace(|| req.headers().get("traceparent").cloned());
-                    }
-                    target.service.clone()
-                }
-                None => {
-                    let detail = format!("no route for {} {}", req.method(), req.uri().path());
-                    self.log_failure(Reason::NoRoute, ("", ""), request_id.as_str(), &detail);
-                    let rsp = error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc);
-                    return finish(stamp(rsp, &request_id), rec, &self.listener);
-                }
-            }
-        };
-
-        let idle = self.listener.stream_idle_timeout;
-        let streaming = req.body_mut().streaming();
-        let req = req.map(|body| {
-            let body = body.idle_after(idle);
-            Body::Request(match context {
-                Some(cx) => body.counted(cx),
-                None => body,
-            })
-        });
-        let mut rsp = match head_within(service.oneshot(req), idle, streaming).await {
-            Ok(rsp) => rsp,
-            Err(e) => {
-                // The whole story (endpoint addresses, causes) goes to the
-                // log; the caller gets the reason and a short text.
-                let reason = error::reason_of(&*e);
-                let chain = error::render_chain(&*e);
-                self.log_failure(
-                    reason,
-                    (&rec.route, &rec.cluster),
-                    request_id.as_str(),
-                    &chain,
-                );
-                error::respond(&*e, grpc)
-            }
-        };
-        // Skiff's own version, not the upstream's (RFC 9110 §6.2): an
-        // HTTP/1.0 upstream's answer must not turn a keep-alive HTTP/1.1
-        // client connection into an HTTP/1.0 one that closes.
-        *rsp.version_mut() = Version::HTTP_11;
-        if let Some(downstream) = downstream_upgrade
-            && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            let upstream = hyper::upgrade::on(&mut rsp);
-            // The tunnel outlives this exchange and its connection's task:
-            // it keeps the connection counted, and its own panics contained.
-            let cx = panics::Context {
-                listener: self.listener.name.clone(),
-                metrics: self.shared.metrics.clone(),
+            let grpc = classify::is_grpc(req.headers());
+            // The head is checked as the client sent it, before Skiff adds to it.
+            let admitted = if self.shed() || self.shared.overload.memory_over() {
+                Err(Refusal {
+                    reason: Reason::Overloaded,
+                    counted_as: "overloaded",
+                    message: Reason::Overloaded.text(),
+                })
+            } else {
+                admit(&mut req, self.listener.limits)
             };
-            let (hold, drain) = (self.hold.clone(), Watch::clone(drain));
-            tokio::spawn(panics::contained(
-                cx,
-                None,
-                hold,
-                tunnel(downstream, upstream, drain),
-            ));
+            headers::ensure_request_id(req.headers_mut());
+            // Kept for the answer and log line of a failure: copied onto the
+            // stack, since cloning a header value Skiff generated would allocate.
+            let request_id = RequestId::of(req.headers());
+            // The request's context, made now only when the running config has
+            // an access log (tracing makes one later if it samples).
+            let mut context = self.shared.runtime.load().access_log.clone().map(|sink| {
+                let cx = Arc::new(RequestContext::logged(access_fields(sink, &req)));
+                rec.access = Some(cx.clone());
+                req.extensions_mut().insert(cx.clone());
+                cx
+            });
+            if let Err(refusal) = admitted {
+                self.shared
+                    .metrics
+                    .refused(&self.listener.name, refusal.counted_as);
+                self.log_failure(
+                    refusal.reason,
+                    ("", ""),
+                    request_id.as_str(),
+                    refusal.message,
+                );
+                let mut rsp = error::reply(refusal.reason, refusal.message, grpc);
+                if self.shed() && req.version() <= Version::HTTP_11 {
+                    // hyper closes the connection after this answer.
+                    rsp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                if let Some(go_away) = &self.go_away {
+                    go_away.notify_one();
+                }
+                return finish(stamp(rsp, &request_id), rec, &self.listener);
+            }
+            // Only a connection that can switch protocols (Skiff's HTTP/1
+            // server marks a request without a body that asks to) forwards
+            // the ask: otherwise `Upgrade` goes as the hop-by-hop header it is,
+            // and no upstream can answer 101 on a connection that stays HTTP.
+            let downstream_upgrade = req
+                .extensions_mut()
+                .remove::<h1::OnUpgrade>()
+                .and_then(|u| u.take());
+            let upgrading = downstream_upgrade.is_some();
+            headers::strip_hop_by_hop(req.headers_mut(), upgrading);
+            debug!(
+                listener = %self.listener.name,
+                method = %req.method(),
+                path = req.uri().path(),
+                peer_identity = self.peer.as_ref().map_or("none", |p| &*p.0),
+                "request"
+            );
+
+            let service = {
+                let runtime = self.shared.runtime.load();
+                // Who is asking, for authorization: the listener's direction
+                // (rules apply inbound only) and the mTLS peer, if any. Only
+                // when there are rules: each extension costs allocations, and
+                // without rules nothing reads them.
+                if !runtime.snapshot.config.authorization.is_empty() {
+                    req.extensions_mut().insert(self.listener.direction);
+                    if let Some(peer) = &self.peer {
+                        req.extensions_mut().insert(peer.clone());
+                    }
+                }
+                match runtime.route(&self.listener.key, &req) {
+                    Some((route, target)) => {
+                        rec.route = route.label.clone();
+                        rec.cluster = target.cluster.clone();
+                        rec.meters = Some(target.meters.clone());
+                        if let Some(tracing) = &runtime.tracing
+                            && let Some(span) = tracing.begin(&mut req, &route.label)
+                        {
+                            // The attempts' spans hang from it, through the
+                            // request's context (made now if the access log
+                            // did not make one).
+                            let cx = context.get_or_insert_with(|| {
+                                let cx = Arc::new(RequestContext::default());
+                                req.extensions_mut().insert(cx.clone());
+                                cx
+                            });
+                            cx.trace(Box::new(span.clone()));
+                            cx.set_trace(|| span.traceparent());
+                            rec.on_close =
+                                Some(CloseHook::new(move |code, grpc| span.end(code, grpc)));
+                        } else if let Some(cx) = &context
+                            && cx.came_untraced()
+                        {
+                            // A trace Skiff started and did not sample.
+                            cx.set_trace(|| req.headers().get("traceparent").cloned());
+                        }
+                        target.service.clone()
+                    }
+                    None => {
+                        let detail = format!("no route for {} {}", req.method(), req.uri().path());
+                        self.log_failure(Reason::NoRoute, ("", ""), request_id.as_str(), &detail);
+                        let rsp = error::reply(Reason::NoRoute, Reason::NoRoute.text(), grpc);
+                        return finish(stamp(rsp, &request_id), rec, &self.listener);
+                    }
+                }
+            };
+
+            let idle = self.listener.stream_idle_timeout;
+            let streaming = req.body_mut().streaming();
+            let req = req.map(|body| {
+                let body = body.idle_after(idle);
+                Body::Request(match context {
+                    Some(cx) => body.counted(cx),
+                    None => body,
+                })
+            });
+            let head_by = tokio::time::Instant::from_std(start) + idle;
+            let exchange = service.oneshot(req);
+            let mut rsp = match head_within(exchange, head_by, idle, streaming, timer).await {
+                Ok(rsp) => rsp,
+                Err(e) => {
+                    // The whole story (endpoint addresses, causes) goes to the
+                    // log; the caller gets the reason and a short text.
+                    let reason = error::reason_of(&*e);
+                    let chain = error::render_chain(&*e);
+                    self.log_failure(
+                        reason,
+                        (&rec.route, &rec.cluster),
+                        request_id.as_str(),
+                        &chain,
+                    );
+                    error::respond(&*e, grpc)
+                }
+            };
+            // Skiff's own version, not the upstream's (RFC 9110 §6.2): an
+            // HTTP/1.0 upstream's answer must not turn a keep-alive HTTP/1.1
+            // client connection into an HTTP/1.0 one that closes.
+            *rsp.version_mut() = Version::HTTP_11;
+            if let Some(downstream) = downstream_upgrade
+                && rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                let upstream = hyper::upgrade::on(&mut rsp);
+                // The tunnel outlives this exchange and its connection's task:
+                // it keeps the connection counted, and its own panics contained.
+                let cx = panics::Context {
+                    listener: self.listener.name.clone(),
+                    metrics: self.shared.metrics.clone(),
+                };
+                let (hold, drain) = (self.hold.clone(), Watch::clone(drain));
+                tokio::spawn(panics::contained(
+                    cx,
+                    None,
+                    hold,
+                    tunnel(downstream, upstream, drain),
+                ));
+            }
+            finish(stamp(rsp, &request_id), rec, &self.listener)
         }
-        finish(stamp(rsp, &request_id), rec, &self.listener)
     }
 }
 
@@ -664,44 +690,77 @@ async fn serve_h2<I>(
     }
 }
 
-/// Waits for the response head, for at most `idle` (the listener's
-/// `stream_idle_timeout`) from when the request body ended, as Envoy's
-/// stream idle timer also runs while a request waits for its answer: an
-/// upstream that takes a request and never answers would otherwise hold
-/// it, and the client, for as long as the route's `timeout` (none by
-/// default). While the body still streams (`streaming` set) the wait goes
-/// on: the body's own bound covers a stalled upload. The timer is checked
-/// when it fires, so the end is noticed within one to two `idle`s after the
-/// body's; past it the request fails with 504 `timeout`, which drops (so
-/// cancels) the upstream request.
-async fn head_within<F, T>(
-    exchange: F,
+/// Waits for the response head until `by` (the request's start plus the
+/// listener's `stream_idle_timeout`, `idle`), as Envoy's stream idle timer
+/// also runs while a request waits for its answer: an upstream that takes
+/// a request and never answers would otherwise hold it, and the client,
+/// for as long as the route's `timeout` (none by default). While the
+/// request body still streams (`streaming` set) the wait goes on, a whole
+/// `idle` at a time: the body's own bound covers a stalled upload, so the
+/// wait ends within one to two `idle`s after the body's end. Past it the
+/// request fails with 504 `timeout`, which drops (so cancels) the upstream
+/// request.
+///
+/// The timer is the connection's when it lends one (`Some`, HTTP/1): it
+/// may be set earlier than `by`, and is then moved on when it fires, so a
+/// request answered in time touches no timer at all. Without one (HTTP/2
+/// streams) a timer of the request's own is registered: ~1,800
+/// instructions a request (docs/benchmarks.md).
+#[allow(clippy::manual_async_fn)] // on purpose: see `Handler::handle`
+fn head_within<'t, F, T>(
+    mut exchange: F,
+    mut by: tokio::time::Instant,
     idle: Duration,
     streaming: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Result<T, skiff_filters::BoxError>
+    timer: Option<Pin<&'t mut tokio::time::Sleep>>,
+) -> impl std::future::Future<Output = Result<T, skiff_filters::BoxError>> + 't
 where
-    F: std::future::Future<Output = Result<T, skiff_filters::BoxError>>,
+    F: std::future::Future<Output = Result<T, skiff_filters::BoxError>> + Unpin + 't,
+    T: 't,
 {
-    let mut exchange = std::pin::pin!(exchange);
-    let mut timer = std::pin::pin!(tokio::time::sleep(idle));
-    // Whether the body streamed when the timer last fired: its end may
-    // have come just before this one.
-    let mut streamed = false;
-    loop {
-        tokio::select! {
-            biased;
-            out = exchange.as_mut() => return out,
-            () = timer.as_mut() => {
-                let now = streaming.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
-                if !now && !streamed {
-                    return Err(skiff_filters::ProxyError::new(
-                        Reason::Timeout,
-                        "no response head within the listener's stream_idle_timeout",
-                    )
-                    .into());
+    async move {
+        // `exchange` is polled where it was moved in (it is `Unpin`), not
+        // pinned in a copy of its own.
+        let mut own = std::pin::pin!(None::<tokio::time::Sleep>);
+        let mut timer = match timer {
+            Some(lent) => lent,
+            None => {
+                own.set(Some(tokio::time::sleep_until(by)));
+                match own.as_mut().as_pin_mut() {
+                    Some(own) => own,
+                    None => return exchange.await,
                 }
-                streamed = now;
-                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+        };
+        if timer.deadline() > by {
+            timer.as_mut().reset(by);
+        }
+        // Whether the body streamed when the wait last ran out: its end
+        // may have come just before.
+        let mut streamed = false;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut exchange => return out,
+                () = timer.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    if now < by {
+                        // A lent timer, set for the connection's own use.
+                        timer.as_mut().reset(by);
+                        continue;
+                    }
+                    let still = streaming.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+                    if !still && !streamed {
+                        return Err(skiff_filters::ProxyError::new(
+                            Reason::Timeout,
+                            "no response head within the listener's stream_idle_timeout",
+                        )
+                        .into());
+                    }
+                    streamed = still;
+                    by = now + idle;
+                    timer.as_mut().reset(by);
+                }
             }
         }
     }
