@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use skiff_control::model::{Listener, ListenerProtocol, TlsMode};
 use skiff_filters::telemetry::{ConnectionGuard, Metrics};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::app::{BuildError, Shared};
@@ -448,6 +449,11 @@ impl Listeners {
 ///
 /// With `tls`, each connection's handshake (or permissive sniff) runs in its
 /// own task, so a slow or hostile client never holds up the accept loop.
+///
+/// The loop keeps every connection's task (`connections`), and after it
+/// stops accepting, waits for them: what is still open when the drain
+/// timeout passes is aborted here, all at once. Connections themselves
+/// then race nothing against the drain timeout per request.
 pub async fn run(
     listener: TcpListener,
     state: Arc<ArcSwap<ListenerState>>,
@@ -456,8 +462,12 @@ pub async fn run(
 ) {
     // Connections open on this socket, whatever the listener is called now.
     let open = Arc::new(AtomicUsize::new(0));
+    let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
+            // Ended tasks are reaped as they end: a task's memory is only
+            // given back once it is joined.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -498,7 +508,7 @@ pub async fn run(
         };
         if current.transparent.is_some() {
             let task = transparent(stream, current, watch, hold.clone());
-            spawn_contained(cx, peer, hold, task);
+            spawn_contained(&mut connections, cx, peer, hold, task);
             continue;
         }
         match (&current.serve, current.tls.clone()) {
@@ -506,12 +516,12 @@ pub async fn run(
                 let (servers, mut handler) = (servers.clone(), handler.clone());
                 handler.hold(&hold);
                 let task = server::serve_connection(stream, servers, handler, watch);
-                spawn_contained(cx, peer, hold, task);
+                spawn_contained(&mut connections, cx, peer, hold, task);
             }
             (Serve::Http { servers, handler }, Some(tls)) => {
                 let (servers, mut handler) = (servers.clone(), handler.clone());
                 handler.hold(&hold);
-                spawn_contained(cx, peer, hold, async move {
+                spawn_contained(&mut connections, cx, peer, hold, async move {
                     if let Some(Accepted { io, peer }) = tls.accept(stream).await {
                         handler.set_peer(peer);
                         server::serve_connection(io, servers, handler, watch).await;
@@ -525,7 +535,7 @@ pub async fn run(
             }
             (Serve::Tcp { cluster, shared }, tls) => {
                 let (cluster, shared) = (cluster.clone(), shared.clone());
-                spawn_contained(cx, peer, hold, async move {
+                spawn_contained(&mut connections, cx, peer, hold, async move {
                     match tls {
                         None => relay(stream, &cluster, &shared, watch).await,
                         Some(tls) => {
@@ -538,7 +548,22 @@ pub async fn run(
             }
         }
     }
+    // Closed now, so that new connects fail fast while the open ones finish.
+    drop(listener);
     debug!(listener = %state.load().name, "stopped accepting");
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = connections.join_next() => {}
+            () = drain.terminated() => {
+                debug!(
+                    listener = %state.load().name,
+                    open = connections.len(),
+                    "drain timeout: connections cut"
+                );
+                connections.shutdown().await;
+            }
+        }
+    }
 }
 
 /// One accepted connection's place in what is counted and limited: the
@@ -585,15 +610,17 @@ impl Drop for SocketSlot {
     }
 }
 
-/// Runs one connection's task, [`panics::contained`]; `hold` is given back
-/// when the task ends, panicked or not (unless a tunnel still holds it).
+/// Runs one connection's task, [`panics::contained`], in the listener's
+/// set; `hold` is given back when the task ends, panicked, aborted or not
+/// (unless a tunnel still holds it).
 fn spawn_contained(
+    connections: &mut JoinSet<()>,
     cx: panics::Context,
     peer: SocketAddr,
     hold: Arc<Hold>,
     task: impl Future<Output = ()> + Send + 'static,
 ) {
-    tokio::spawn(panics::contained(cx, Some(peer), hold, task));
+    connections.spawn(panics::contained(cx, Some(peer), hold, task));
 }
 
 /// Relays a TCP connection to the cluster's next endpoint. A raw byte stream

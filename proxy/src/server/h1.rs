@@ -69,7 +69,11 @@ const FLUSH_AT: usize = 32 * 1024;
 /// Serves one HTTP/1 connection until it closes, the client leaves, or the
 /// drain ends it: an idle connection closes as soon as the drain starts, a
 /// busy one answers its request with `connection: close`, and whatever is
-/// still going when the drain timeout passes is cut.
+/// still going when the drain timeout passes is cut: the listener aborts the
+/// connection's task then (`listener::run`), so no await here races the
+/// drain timeout itself. Racing it per request cost a watch future made,
+/// registered and dropped, ~1,300 instructions a request
+/// (docs/benchmarks.md).
 ///
 /// A function returning an `async` block rather than an `async fn`: an
 /// `async fn` keeps each argument twice in its state (as it came, and bound
@@ -131,7 +135,7 @@ where
                     if let Some(refusal) = head_failed(other, &handler, served, idle) {
                         // Boxed, as every path the idle connection does not take.
                         let refused = refuse(reader.take(), wr, refusal, listener.header_timeout);
-                        Box::pin(cut_at(&mut drain, refused)).await;
+                        Box::pin(refused).await;
                     }
                     return;
                 }
@@ -148,10 +152,9 @@ where
                 return;
             };
             // The request's exchange is boxed, once: the connection's own
-            // future, which an idle connection keeps, stays small. The box
-            // holds the exchange alone, not `cut_at` around it (which keeps
-            // its argument twice): every byte of a boxed future is copied
-            // into the box per request (docs/benchmarks.md, "Future sizes").
+            // future, which an idle connection keeps, stays small. Every
+            // byte of a boxed future is copied into the box per request
+            // (docs/benchmarks.md, "Future sizes").
             let switchable = upgrade.is_some();
             let exchanged = Box::pin(exchange(
                 &handler,
@@ -164,12 +167,12 @@ where
                 go_on,
                 head_timer.as_mut(),
             ));
-            let done = cut_at(&mut drain, exchanged).await;
-            let Some(Ok(Done {
+            let done = exchanged.await;
+            let Ok(Done {
                 mut keep_alive,
                 switching,
                 unasked,
-            })) = done
+            }) = done
             else {
                 return;
             };
@@ -186,31 +189,15 @@ where
                 // A client still waiting for `100 Continue` sends no body to
                 // read and throw away: the connection closes instead.
                 let back = take_back(lend, ended, keep_alive && !unasked);
-                let Some((back, finished)) = Box::pin(cut_at(&mut drain, back)).await else {
-                    return;
-                };
+                let (back, finished) = Box::pin(back).await;
                 keep_alive &= finished;
                 reader = back;
             }
             if !keep_alive {
                 let closed = close(reader.take(), wr, listener.header_timeout);
-                Box::pin(cut_at(&mut drain, closed)).await;
+                Box::pin(closed).await;
                 return;
             }
-        }
-    }
-}
-
-/// Runs `work` until the drain timeout passes, which cuts it. Every await
-/// of a connection that a client can stretch (writing to one that does not
-/// read, waiting for its body) runs under it, so no client holds the
-/// process's shutdown; the idle wait needs none (the drain's start ends it).
-async fn cut_at<F: Future>(drain: &mut Watch, work: F) -> Option<F::Output> {
-    tokio::select! {
-        out = work => Some(out),
-        () = drain.terminated() => {
-            debug!("drain timeout: connection closed");
-            None
         }
     }
 }
