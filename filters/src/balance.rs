@@ -13,11 +13,14 @@
 //! Ejected (outlier detection) and unhealthy (health checks) endpoints are
 //! skipped; if nothing is left the request fails with `no-healthy-endpoints`.
 //!
-//! The markers `ServedBy` and `Avoid` are how the retry layer and the
-//! upstream talk about endpoints without knowing each other: the upstream
-//! stamps every response with `ServedBy`, and every failure with
-//! `ProxyError::at_endpoint`; the retry layer asks the next attempt to `Avoid`
-//! the endpoint that failed.
+//! The markers `Picked` and `Avoid` are how the retry layer and the
+//! upstream talk about endpoints without knowing each other: the retry
+//! layer gives each attempt a `Picked` slot where the upstream notes the
+//! endpoint it chose (and every failure names it, `ProxyError::at_endpoint`);
+//! the retry layer asks the next attempt to `Avoid` the endpoint that
+//! failed. A slot rather than a mark on the response: only requests with a
+//! retry policy make one, so bare forwarding pays for nothing (a response's
+//! first extension allocates its map).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,17 +33,14 @@ use tokio::time::Instant;
 
 use crate::outlier::OutlierState;
 
-/// Response extension: the id ([`EndpointStats::id`]) of the endpoint that answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServedBy(pub usize);
-
 /// Request extension: don't pick the endpoint with this id if another one
 /// is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avoid(pub usize);
 
 /// Request extension: a slot where the upstream notes which endpoint it
-/// picked, for the retry layer to avoid when an attempt times out (a
+/// picked (its [`EndpointStats::id`]), for the retry layer to avoid next:
+/// after an answer it does not like, and when an attempt times out (a
 /// dropped attempt leaves no response or error to say so).
 #[derive(Debug, Clone, Default)]
 pub struct Picked(Arc<AtomicUsize>);
@@ -88,8 +88,8 @@ const RING_POINTS: u32 = 160;
 /// endpoints that stay, so a reload does not forget who is slow or ejected.
 #[derive(Debug)]
 pub struct EndpointStats {
-    /// Unique for the process: how retries (`Avoid`), responses
-    /// (`ServedBy`) and errors name an endpoint. A position in a cluster's
+    /// Unique for the process: how retries (`Avoid`, `Picked`) and errors
+    /// name an endpoint. A position in a cluster's
     /// list would name another endpoint once the list changes.
     pub id: usize,
     pub address: String,

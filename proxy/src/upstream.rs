@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_control::model::ClusterProtocol;
 
 use crate::cluster::{Cluster, ClusterState, Endpoint, Settings};
-use skiff_filters::balance::{Expired, Picked, ServedBy};
+use skiff_filters::balance::{Expired, Picked};
 use skiff_filters::circuit_breaker::Permit;
 use skiff_filters::error::{self, BoxError, ProxyError, Reason};
 use skiff_filters::outlier;
@@ -105,9 +105,7 @@ impl Cluster {
             Err(e) => e.endpoint().is_some(),
         };
         outcome.report(failed);
-        let mut rsp = result?;
-        rsp.extensions_mut().insert(ServedBy(ep.id()));
-        Ok(rsp)
+        Ok(result?)
     }
 
     /// Sends `req` where its connection was going (a passthrough cluster):
@@ -132,9 +130,7 @@ impl Cluster {
         };
         let now = Instant::now();
         ep.stats.observe(now - start, failed, now);
-        let mut rsp = result?;
-        rsp.extensions_mut().insert(ServedBy(ep.id()));
-        Ok(rsp)
+        Ok(result?)
     }
 
     /// Feeds the outcome of a request to `state.set.endpoints[i]` to the

@@ -31,7 +31,7 @@ use skiff_control::model;
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
-use crate::balance::{Avoid, Expired, Picked, ServedBy};
+use crate::balance::{Avoid, Expired, Picked};
 use crate::body::{Body, ReplayBody};
 use crate::circuit_breaker::Breaker;
 use crate::classify::{self, RetryOn};
@@ -301,13 +301,15 @@ where
     S::Error: Into<BoxError>,
 {
     let mut req = req;
-    // With a per-try timeout, this attempt may be dropped mid-flight: give
-    // it its own slots to learn where it went and to say it expired.
-    let slots = policy.per_try_timeout.map(|_| {
-        let (picked, expired) = (Picked::default(), Expired::default());
-        req.extensions_mut().insert(picked.clone());
+    // Where the attempt went, as the upstream notes it: the endpoint the
+    // next attempt avoids. With a per-try timeout the attempt may also be
+    // dropped mid-flight, and gets its own slot to say it expired.
+    let picked = Picked::default();
+    req.extensions_mut().insert(picked.clone());
+    let expired = policy.per_try_timeout.map(|_| {
+        let expired = Expired::default();
         req.extensions_mut().insert(expired.clone());
-        (picked, expired)
+        expired
     });
     let exchange = async {
         if make_ready {
@@ -322,7 +324,7 @@ where
             && policy.on.wants_grpc_status()
             && classify::grpc_status(rsp.headers()).is_none();
         if peek {
-            return peek::grpc_status(rsp, policy.body_limit).await;
+            return peek::grpc_status(rsp, policy.body_limit, picked.get()).await;
         }
         let status = classify::grpc_status(rsp.headers());
         Ok::<_, BoxError>((rsp, status))
@@ -332,7 +334,7 @@ where
         Some(limit) => match tokio::time::timeout(limit, exchange).await {
             Ok(r) => r,
             Err(_) => {
-                if let Some((_, expired)) = &slots {
+                if let Some(expired) = &expired {
                     expired.raise();
                 }
                 return Judged {
@@ -344,7 +346,7 @@ where
                     retryable: true,
                     // The attempt was dropped mid-flight: the upstream's
                     // note of where it went is the only record.
-                    endpoint: slots.as_ref().and_then(|(picked, _)| picked.get()),
+                    endpoint: picked.get(),
                 };
             }
         },
@@ -352,7 +354,7 @@ where
     match result {
         Ok((rsp, grpc_status)) => Judged {
             retryable: policy.on.retries_response(rsp.status(), grpc_status),
-            endpoint: rsp.extensions().get::<ServedBy>().map(|s| s.0),
+            endpoint: picked.get(),
             outcome: Ok(rsp),
         },
         Err(e) => Judged {

@@ -16,7 +16,6 @@ use http::Response;
 use http_body::Frame;
 use http_body_util::BodyExt;
 
-use crate::balance::ServedBy;
 use crate::body::Body;
 use crate::classify;
 use crate::error::{BoxError, ProxyError, Reason};
@@ -25,12 +24,13 @@ use crate::error::{BoxError, ProxyError, Reason};
 pub(super) async fn grpc_status(
     rsp: Response<Body>,
     limit: usize,
+    endpoint: Option<usize>,
 ) -> Result<(Response<Body>, Option<u32>), BoxError> {
     let (parts, mut body) = rsp.into_parts();
     let failed = |e: BoxError| -> BoxError {
         let mut err = ProxyError::new(Reason::UpstreamReset, "gRPC response body failed");
-        if let Some(ServedBy(ep)) = parts.extensions.get::<ServedBy>() {
-            err = err.at_endpoint(*ep);
+        if let Some(ep) = endpoint {
+            err = err.at_endpoint(ep);
         }
         err.with_source(e).into()
     };

@@ -43,11 +43,18 @@ fn service(p: RetryPolicy, ctx: &RetryContext) -> (Retry<Mock>, Handle) {
     (RetryLayer::new(Some(p), ctx.clone()).layer(svc), handle)
 }
 
-fn status(code: u16, served_by: usize) -> Response<Body> {
+fn status(code: u16) -> Response<Body> {
     let mut rsp = Response::new(Body::Empty);
     *rsp.status_mut() = StatusCode::from_u16(code).unwrap();
-    rsp.extensions_mut().insert(ServedBy(served_by));
     rsp
+}
+
+/// What the upstream does for each attempt: note the endpoint it picked.
+fn served_by(req: &Request<Body>, endpoint: usize) {
+    req.extensions()
+        .get::<Picked>()
+        .expect("every attempt has a slot")
+        .set(endpoint);
 }
 
 fn grpc_request() -> Request<Body> {
@@ -88,11 +95,12 @@ async fn retries_a_5xx_and_avoids_the_endpoint_that_failed() {
 
     let (req, send) = handle.next_request().await.unwrap();
     assert!(req.extensions().get::<Avoid>().is_none());
-    send.send_response(status(503, 2));
+    served_by(&req, 2);
+    send.send_response(status(503));
 
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.extensions().get::<Avoid>(), Some(&Avoid(2)));
-    send.send_response(status(200, 0));
+    send.send_response(status(200));
 
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
     assert_eq!(ctx.retries.get(), 1);
@@ -106,7 +114,7 @@ async fn avoid_follows_an_error_endpoint_too() {
     send.send_error(failure(Reason::ConnectFailed, 7));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.extensions().get::<Avoid>(), Some(&Avoid(7)));
-    send.send_response(status(200, 1));
+    send.send_response(status(200));
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
 }
 
@@ -142,12 +150,12 @@ async fn retried_only_on_listed_conditions() {
         let call = tokio::spawn(svc.oneshot(Request::new(Body::Empty)));
         let (_, send) = handle.next_request().await.unwrap();
         match first {
-            Status(c) => send.send_response(status(c, 0)),
+            Status(c) => send.send_response(status(c)),
             Error(r) => send.send_error(failure(r, 0)),
         }
         if retried {
             let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(status(201, 1));
+            send.send_response(status(201));
             assert_eq!(call.await.unwrap().unwrap().status(), 201, "{on:?}");
         } else {
             // The first answer comes back as it is, and nothing else is sent.
@@ -206,11 +214,11 @@ async fn backoff_sleeps_are_exact() {
     for _ in 0..3 {
         let (_, send) = handle.next_request().await.unwrap();
         seen.push(start.elapsed().as_millis());
-        send.send_response(status(503, 0));
+        send.send_response(status(503));
     }
     let (_, send) = handle.next_request().await.unwrap();
     seen.push(start.elapsed().as_millis());
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     // Caps 100, 200, 400ms; jitter pinned at half: 50, 100, 200ms apart.
     assert_eq!(seen, [0, 50, 150, 350]);
     let rsp = call.await.unwrap().unwrap();
@@ -225,7 +233,7 @@ async fn real_jitter_stays_within_the_cap() {
     let start = Instant::now();
     let call = tokio::spawn(svc.oneshot(Request::new(Body::Empty)));
     let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     let (_, send) = handle.next_request().await.unwrap();
     // Jitter is below the 100ms cap, but tokio's timer rounds a sleep up to
     // the next whole millisecond, so 99.6ms is observed as 100ms.
@@ -234,7 +242,7 @@ async fn real_jitter_stays_within_the_cap() {
         "{:?}",
         start.elapsed()
     );
-    send.send_response(status(200, 0));
+    send.send_response(status(200));
     call.await.unwrap().unwrap();
 }
 
@@ -248,11 +256,11 @@ async fn body_replayed_intact() {
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.method(), "POST");
     assert_eq!(body_of(req).await, "{\"item\": 42}");
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.uri(), "/orders");
     assert_eq!(body_of(req).await, "{\"item\": 42}");
-    send.send_response(status(200, 1));
+    send.send_response(status(200));
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
 }
 
@@ -265,7 +273,7 @@ async fn body_over_the_limit_is_not_retried() {
     let call = tokio::spawn(svc.oneshot(req));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await.len(), DEFAULT_BODY_LIMIT + 1);
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     assert_eq!(call.await.unwrap().unwrap().status(), 503);
     assert_eq!(ctx.retries.get(), 0);
 }
@@ -277,10 +285,10 @@ async fn body_at_the_limit_is_retried() {
     let call = tokio::spawn(svc.oneshot(Request::post("/").body(stream_of(&[big])).unwrap()));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await.len(), DEFAULT_BODY_LIMIT);
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await.len(), DEFAULT_BODY_LIMIT);
-    send.send_response(status(200, 0));
+    send.send_response(status(200));
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
 }
 
@@ -295,7 +303,7 @@ async fn first_attempt_streams_without_waiting_for_the_whole_body() {
     tx.send(Bytes::from_static(b"hello")).await.unwrap();
     let frame = upstream_body.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "hello");
-    send.send_response(status(200, 0));
+    send.send_response(status(200));
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
     // The stream carries on after the response.
     tx.send(Bytes::from_static(b" again")).await.unwrap();
@@ -316,10 +324,10 @@ async fn budget_exhaustion_stops_retries() {
         let (svc, mut handle) = service(policy(1, &["5xx"]), &ctx);
         let call = tokio::spawn(svc.oneshot(Request::new(Body::Empty)));
         let (_, send) = handle.next_request().await.unwrap();
-        send.send_response(status(503, 0));
+        send.send_response(status(503));
         if i < 10 {
             let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(status(200, 0));
+            send.send_response(status(200));
             assert_eq!(call.await.unwrap().unwrap().status(), 200, "request {i}");
         } else {
             assert_eq!(call.await.unwrap().unwrap().status(), 503, "budget spent");
@@ -346,17 +354,17 @@ async fn breaker_max_retries_refuses_the_retry() {
     let (svc, mut h1) = service(policy(1, &["5xx"]), &ctx);
     let first = tokio::spawn(svc.oneshot(Request::new(Body::Empty)));
     let (_, send1) = h1.next_request().await.unwrap();
-    send1.send_response(status(503, 0));
+    send1.send_response(status(503));
     let (_, send1) = h1.next_request().await.unwrap();
     assert_eq!(breaker.in_flight(Kind::Retry), 1);
     // ...so a second request's failure comes back unretried.
     let (svc, mut h2) = service(policy(1, &["5xx"]), &ctx);
     let second = tokio::spawn(svc.oneshot(Request::new(Body::Empty)));
     let (_, send2) = h2.next_request().await.unwrap();
-    send2.send_response(status(503, 0));
+    send2.send_response(status(503));
     assert_eq!(second.await.unwrap().unwrap().status(), 503);
     assert_eq!(rejections.get(), 1);
-    send1.send_response(status(200, 0));
+    send1.send_response(status(200));
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     assert_eq!(breaker.in_flight(Kind::Retry), 0, "released when answered");
 }
@@ -389,7 +397,7 @@ async fn no_policy_passes_through_and_deposits() {
     for _ in 0..2 {
         let call = tokio::spawn(svc.clone().oneshot(Request::new(Body::Empty)));
         let (_, send) = handle.next_request().await.unwrap();
-        send.send_response(status(503, 0));
+        send.send_response(status(503));
         assert_eq!(call.await.unwrap().unwrap().status(), 503);
     }
     assert!(
@@ -437,7 +445,7 @@ async fn body_known_to_be_too_big_is_sent_once() {
     let call = tokio::spawn(svc.oneshot(Request::post("/").body(Body::full(big)).unwrap()));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await.len(), DEFAULT_BODY_LIMIT + 1);
-    send.send_response(status(503, 0));
+    send.send_response(status(503));
     assert_eq!(call.await.unwrap().unwrap().status(), 503);
     assert_eq!(ctx.retries.get(), 0);
 }
