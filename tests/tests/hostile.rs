@@ -1076,6 +1076,64 @@ async fn h2_continuation_flood_is_cut_off() {
     app.join().await;
 }
 
+/// An HPACK "bomb": one 4,000-byte field put in the dynamic table, then
+/// referenced again and again at one byte each, so a small header block
+/// decodes to a large head. Decoded past Skiff's own limit (60 KiB) but
+/// within h2's parser headroom, Skiff answers 431 and counts it; decoded
+/// past the headroom (1 MiB), h2 refuses the stream itself. Either way the
+/// upstream sees nothing and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_hpack_bombs_are_refused() {
+    let app = Backend::auto().spawn().await;
+    let (proxy, _good) = start("auto", app.addr(), "").await;
+    let bomb = |stream: u32, references: usize| {
+        let mut block = hpack(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/bomb"),
+            (":authority", "skiff.test"),
+        ]);
+        // Literal with incremental indexing, new name (RFC 7541 §6.2.1):
+        // the field becomes dynamic table entry 62.
+        let value = "a".repeat(4000);
+        block.extend([0x40, 6]);
+        block.extend_from_slice(b"x-bomb");
+        // The length 4,000 as a 7-bit prefix integer: 127 + 33 + 30 × 128.
+        block.extend([0x7f, 0x80 | 33, 30]);
+        block.extend_from_slice(value.as_bytes());
+        // Indexed field 62, once more per byte.
+        block.extend(std::iter::repeat_n(0x80 | 62, references));
+        frame(HEADERS, END_STREAM | END_HEADERS, stream, &block)
+    };
+
+    // 50 references: about 200 KB decoded, over Skiff's 60 KiB.
+    let mut conn = RawH2::open(proxy.main()).await;
+    conn.send(&bomb(1, 50)).await;
+    let rsp = conn
+        .until(|f| f.stream == 1)
+        .await
+        .expect("answered on its stream");
+    // An answer (h2 Huffman-codes its `431`), which Skiff made and counted.
+    assert_eq!(rsp.kind, HEADERS, "{rsp:?}");
+    assert_refused(&proxy, "head-too-large", 1).await;
+
+    // 300 references: about 1.2 MB decoded, past h2's own parser limit. h2
+    // answers its own bare 431 and ends the stream (the answer is the
+    // `:status` field the first answer put in the table), which Skiff never
+    // sees, so the count stays at 1 (docs/hardening.md).
+    conn.send(&bomb(3, 300)).await;
+    let refused = conn
+        .until(|f| f.stream == 3 || f.kind == GOAWAY)
+        .await
+        .expect("refused on its stream or the connection");
+    assert_eq!(refused.kind, HEADERS, "{refused:?}");
+    assert_eq!(refused.flags, END_STREAM | END_HEADERS, "{refused:?}");
+    assert_serves(&proxy, ClientProtocol::H2c, "after the bombs").await;
+    assert_refused(&proxy, "head-too-large", 1).await;
+    assert_eq!(app.requests(), 0, "a bomb reached the upstream");
+    app.join().await;
+}
+
 /// Empty DATA frames without END_STREAM cost h2 no memory, but each costs
 /// a frame's work (CVE-2019-9518). As in Envoy, one in a row is allowed (a
 /// client may flush an empty frame); the second ends the connection with
