@@ -336,6 +336,14 @@ impl RequestBody {
         Some(flag.clone())
     }
 
+    /// Clears the [`RequestBody::streaming`] flag: the body ended, failed
+    /// or was dropped.
+    fn stopped_streaming(&self) {
+        if let Some(flag) = &self.streaming {
+            flag.store(false, Ordering::Relaxed);
+        }
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match self.inner.as_mut() {
             Some(Source::Hyper(b)) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
@@ -358,11 +366,7 @@ impl RequestBody {
                     return Poll::Ready(Some(Err(IdleBound::error("the request body"))));
                 }
             }
-            Poll::Ready(_) => {
-                if let Some(flag) = &self.streaming {
-                    flag.store(false, Ordering::Relaxed);
-                }
-            }
+            Poll::Ready(_) => self.stopped_streaming(),
         }
         polled
     }
@@ -392,9 +396,7 @@ impl From<Incoming> for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        if let Some(flag) = &self.streaming {
-            flag.store(false, Ordering::Relaxed);
-        }
+        self.stopped_streaming();
         // Skiff's own server drains its own bodies.
         let Some(Source::Hyper(mut body)) = self.inner.take() else {
             return;
